@@ -1,0 +1,273 @@
+"""Argument normalisation, validation and the error messages shared by the transforms.
+
+# NOTE [optree at the boundary]
+# Every transform flattens its pytree arguments with optree (namespace "funcgrad") and hands
+# flat tuples of tensors to torch.func. torch.func only understands torch's own pytree registry,
+# so a node registered with funcgrad.tree.register_dataclass would otherwise be an opaque leaf to
+# it: its tensors would not be wrapped for differentiation or batching, nor unwrapped on the way
+# out. Outputs (and auxiliary data) are flattened inside the function that torch.func sees, and
+# the structure travels back beside the tensors. Validation runs on the flat leaves (cheap); the
+# tree paths for an error message are only computed once something is known to be wrong.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import optree
+import torch
+
+from .tree import NAMESPACE
+
+__all__: list[str] = []
+
+
+def check_callable(fun: Any, name: str) -> None:
+    if not callable(fun):
+        raise TypeError(
+            f"funcgrad.{name}: expected a callable as its first argument, got "
+            f"{type(fun).__name__} ({fun!r})."
+        )
+
+
+def describe(x: Any) -> str:
+    """A short description of a leaf for error messages: dtype and shape, or type and value."""
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list, dict)):
+        return f"a {type(x).__name__} of length {len(x)}"
+    text = repr(x)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(x).__name__} {text}"
+
+
+def leaf_paths(tree: Any, root: str) -> list[str]:
+    """Readable paths (``args[0]['w'].bias``) of the leaves of ``tree``, in flattening order."""
+    accessors, _, _ = optree.tree_flatten_with_accessor(tree, namespace=NAMESPACE)
+    return [a.codify(root) for a in accessors]
+
+
+def flatten_args_with_paths(
+    args: Sequence[Any], positions: Sequence[int], root: str = "args"
+) -> tuple[list[Any], list[str]]:
+    """Leaves and readable paths of ``args[p]`` for ``p`` in ``positions`` (error paths only)."""
+    leaves: list[Any] = []
+    paths: list[str] = []
+    for p in positions:
+        sub_leaves = optree.tree_leaves(args[p], namespace=NAMESPACE)
+        leaves.extend(sub_leaves)
+        paths.extend(leaf_paths(args[p], f"{root}[{p}]"))
+    return leaves, paths
+
+
+# --------------------------------------------------------------------------------------------
+# argnums
+# --------------------------------------------------------------------------------------------
+
+
+def argnums_spec(argnums: Any, name: str) -> tuple[tuple[int, ...], bool]:
+    """Validates ``argnums`` when the transform is created; returns ``(nums, is_single_int)``."""
+    if isinstance(argnums, int) and not isinstance(argnums, bool):
+        return (operator.index(argnums),), True
+    if isinstance(argnums, (tuple, list)) and all(
+        isinstance(a, int) and not isinstance(a, bool) for a in argnums
+    ):
+        if not argnums:
+            raise ValueError(
+                f"funcgrad.{name}: argnums is an empty tuple; give at least one argument "
+                "position to differentiate, e.g. argnums=0."
+            )
+        if len(set(argnums)) != len(argnums):
+            raise ValueError(
+                f"funcgrad.{name}: argnums must not repeat a position, got {tuple(argnums)}. "
+                "Differentiate each argument once."
+            )
+        return tuple(argnums), False
+    raise TypeError(
+        f"funcgrad.{name}: argnums must be an int or a tuple of ints, got "
+        f"{type(argnums).__name__} ({argnums!r})."
+    )
+
+
+def resolve_argnums(nums: tuple[int, ...], nargs: int, name: str) -> tuple[int, ...]:
+    """Turns negative positions into positive ones and checks them against ``nargs``."""
+    if all(0 <= a < nargs for a in nums):
+        return nums
+    for a in nums:
+        if not -nargs <= a < nargs:
+            raise ValueError(
+                f"funcgrad.{name}: argnums={a} is out of range for a call with {nargs} "
+                f"positional argument{'s' if nargs != 1 else ''}. Differentiated arguments must "
+                "be passed positionally; argnums counts from 0 (negative values count from the "
+                "end)."
+            )
+    resolved = tuple(a % nargs for a in nums)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(
+            f"funcgrad.{name}: argnums={nums} names the same position twice for a call with "
+            f"{nargs} positional arguments (positions {resolved})."
+        )
+    return resolved
+
+
+def check_chunk_size(name: str, chunk_size: Any) -> None:
+    if chunk_size is not None and (
+        not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
+    ):
+        raise ValueError(
+            f"funcgrad.{name}: chunk_size must be None or a positive int, got {chunk_size!r}."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and outputs
+# --------------------------------------------------------------------------------------------
+
+
+def is_float_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
+
+
+def check_differentiable(
+    name: str,
+    leaves: Sequence[Any],
+    args: Sequence[Any],
+    positions: Sequence[int],
+    hint: str,
+    root: str = "args",
+) -> None:
+    """Raises a clear error unless every leaf is a floating-point tensor."""
+    for x in leaves:
+        if not is_float_tensor(x):
+            break
+    else:
+        if leaves:
+            return
+        raise ValueError(
+            f"funcgrad.{name}: the differentiated arguments (positions {tuple(positions)}) "
+            f"contain no tensors, so there is nothing to differentiate. {hint}"
+        )
+    all_leaves, paths = flatten_args_with_paths(args, positions, root)
+    for x, path in zip(all_leaves, paths):
+        if isinstance(x, torch.Tensor) and not x.is_floating_point():
+            raise TypeError(
+                f"funcgrad.{name}: can only differentiate floating-point tensors, but the leaf at "
+                f"{path} is {describe(x)}. Cast it (e.g. x.float()), or pass it in an argument "
+                f"that is not differentiated. {hint}"
+            )
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"funcgrad.{name}: can only differentiate tensors, but the leaf at {path} is "
+                f"{describe(x)}. Make it a tensor (torch.as_tensor), or pass it in an argument "
+                f"that is not differentiated. {hint}"
+            )
+
+
+def split_aux(name: str, out: Any) -> tuple[Any, Any]:
+    """Splits ``(output, aux)`` for ``has_aux=True``."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        got = (
+            f"a {type(out).__name__} of length {len(out)}"
+            if isinstance(out, (tuple, list))
+            else describe(out)
+        )
+        raise TypeError(
+            f"funcgrad.{name}: with has_aux=True the function must return a pair "
+            f"(output, aux), but it returned {got}. Return a 2-tuple, or set has_aux=False."
+        )
+    return out[0], out[1]
+
+
+def check_scalar_output(name: str, out: Any, has_aux: bool) -> None:
+    """``grad`` and ``value_and_grad`` need a real scalar tensor output."""
+    if isinstance(out, torch.Tensor):
+        if out.dim() == 0 and out.is_floating_point():
+            return
+        if out.dim() != 0:
+            raise TypeError(
+                f"funcgrad.{name}: gradients are only defined for functions with a scalar output "
+                f"(shape ()), but the output has shape {tuple(out.shape)}. Reduce it with .sum() "
+                "or .mean(), or use funcgrad.jacrev for the full Jacobian."
+            )
+        raise TypeError(
+            f"funcgrad.{name}: the output must be a floating-point scalar tensor, got "
+            f"{describe(out)}. Compute the loss in floating point (e.g. out.float())."
+        )
+    hint = ""
+    if not has_aux and isinstance(out, (tuple, list)) and len(out) == 2:
+        hint = " If the function returns (loss, aux), pass has_aux=True."
+    raise TypeError(
+        f"funcgrad.{name}: the function must return a scalar tensor, but it returned "
+        f"{describe(out)}.{hint}"
+    )
+
+
+def flatten_output(name: str, out: Any, what: str = "output") -> tuple[list[Any], Any]:
+    """Flattens a function output whose leaves must all be tensors."""
+    leaves, treedef = optree.tree_flatten(out, namespace=NAMESPACE)
+    for x in leaves:
+        if not isinstance(x, torch.Tensor):
+            for path, y in zip(leaf_paths(out, what), leaves):
+                if not isinstance(y, torch.Tensor):
+                    raise TypeError(
+                        f"funcgrad.{name}: every leaf of the function's {what} must be a tensor, "
+                        f"but the leaf at {path} is {describe(y)}. Return torch tensors "
+                        "(torch.as_tensor), or move non-tensor values into aux with has_aux=True."
+                    )
+    return leaves, treedef
+
+
+class Box:
+    """A mutable slot that torch.func passes through untouched (it is not a container)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+
+def pack_aux(aux: Any, box: Box) -> tuple[torch.Tensor, ...]:
+    """Returns the tensors of ``aux`` for torch.func to unwrap; the rest goes into ``box``.
+
+    torch.func only accepts tensors in auxiliary outputs (see the NOTE above).
+    """
+    leaves, treedef = optree.tree_flatten(aux, namespace=NAMESPACE)
+    box.value = (leaves, treedef)
+    return tuple(x for x in leaves if isinstance(x, torch.Tensor))
+
+
+def unpack_aux(box: Box, tensors: Sequence[torch.Tensor]) -> Any:
+    """Rebuilds the ``aux`` given to :func:`pack_aux` from its unwrapped tensors."""
+    leaves, treedef = box.value
+    it = iter(tensors)
+    return treedef.unflatten([next(it) if isinstance(x, torch.Tensor) else x for x in leaves])
+
+
+def check_like(
+    name: str,
+    what: str,
+    expected_leaves: Sequence[torch.Tensor],
+    expected_def: Any,
+    got_tree: Any,
+    root: str,
+    hint: str,
+) -> list[torch.Tensor]:
+    """Checks ``got_tree`` against an expected structure, shapes and dtypes; returns its leaves."""
+    leaves, treedef = optree.tree_flatten(got_tree, namespace=NAMESPACE)
+    if treedef != expected_def:
+        raise ValueError(
+            f"funcgrad.{name}: the {what} must have the structure {expected_def}, but got "
+            f"{treedef}. {hint}"
+        )
+    for i, (e, g) in enumerate(zip(expected_leaves, leaves)):
+        if not isinstance(g, torch.Tensor) or g.shape != e.shape or g.dtype != e.dtype:
+            path = leaf_paths(got_tree, root)[i]
+            expected = f"a {e.dtype} tensor of shape {tuple(e.shape)}"
+            raise ValueError(
+                f"funcgrad.{name}: the {what} leaf at {path} must be {expected}, but got "
+                f"{describe(g)}. {hint}"
+            )
+    return leaves

@@ -1,0 +1,141 @@
+"""Reverse-mode gradients of scalar functions of pytrees: ``grad`` and ``value_and_grad``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optree
+import torch.func
+
+from . import _api_util
+from ._typing import ArgNums
+from .tree import NAMESPACE
+
+__all__ = ["grad", "value_and_grad"]
+
+
+def value_and_grad(
+    fun: Callable[..., Any], argnums: ArgNums = 0, *, has_aux: bool = False
+) -> Callable[..., Any]:
+    """Creates a function that evaluates ``fun`` and its gradient with respect to ``argnums``.
+
+    Args:
+        fun: a function whose arguments at ``argnums`` are pytrees of floating-point tensors and
+            whose output is a real scalar tensor (shape ``()``), or ``(output, aux)`` with
+            ``has_aux=True``.
+        argnums: the position, or a tuple of positions, of the arguments to differentiate.
+            Negative positions count from the end.
+        has_aux: whether ``fun`` returns a pair ``(output, aux)``; ``aux`` is returned as is
+            (its tensors detached from the differentiation).
+
+    Returns:
+        A function with the signature of ``fun`` returning ``(value, grads)``, or
+        ``((value, aux), grads)`` with ``has_aux=True``. ``grads`` has the tree structure of the
+        differentiated argument, or is a tuple of them when ``argnums`` is a tuple.
+
+    >>> import torch, funcgrad as fg
+    >>> def loss(params, x):
+    ...     return ((params["w"] * x + params["b"]) ** 2).sum()
+    >>> params = {"w": torch.tensor(2.0), "b": torch.tensor(1.0)}
+    >>> value, grads = fg.value_and_grad(loss)(params, torch.tensor([1.0, 2.0]))
+    >>> value
+    tensor(34.)
+    >>> grads
+    {'w': tensor(26.), 'b': tensor(16.)}
+    """
+    _api_util.check_callable(fun, "value_and_grad")
+    nums, single = _api_util.argnums_spec(argnums, "value_and_grad")
+    return _value_and_grad(fun, nums, single, has_aux, "value_and_grad", return_value=True)
+
+
+def grad(
+    fun: Callable[..., Any], argnums: ArgNums = 0, *, has_aux: bool = False
+) -> Callable[..., Any]:
+    """Creates a function that evaluates the gradient of ``fun`` with respect to ``argnums``.
+
+    ``fun`` must return a real scalar tensor. The gradient has the tree structure of the
+    differentiated argument (a tuple of them when ``argnums`` is a tuple). Python control flow
+    on concrete values works as in eager PyTorch, and ``grad`` nests and composes with every
+    other transform: ``grad(grad(f))``, ``vmap(grad(f))``, ``jacfwd(grad(f))``.
+
+    Args:
+        fun: the function to differentiate.
+        argnums: the position, or a tuple of positions, of the arguments to differentiate.
+        has_aux: whether ``fun`` returns ``(output, aux)``; then ``(grads, aux)`` is returned.
+
+    Returns:
+        A function with the signature of ``fun`` returning the gradient (and ``aux``).
+
+    >>> import torch, funcgrad as fg
+    >>> fg.grad(lambda x: (x**3).sum())(torch.tensor([1.0, 2.0]))
+    tensor([ 3., 12.])
+    >>> fg.grad(fg.grad(lambda x: x**3))(torch.tensor(2.0))
+    tensor(12.)
+    >>> fg.grad(lambda x, y: (x * y).sum(), argnums=(0, 1))(torch.tensor(2.0), torch.tensor(3.0))
+    (tensor(3.), tensor(2.))
+    """
+    _api_util.check_callable(fun, "grad")
+    nums, single = _api_util.argnums_spec(argnums, "grad")
+    return _value_and_grad(fun, nums, single, has_aux, "grad", return_value=False)
+
+
+def _value_and_grad(
+    fun: Callable[..., Any],
+    nums: tuple[int, ...],
+    single: bool,
+    has_aux: bool,
+    name: str,
+    *,
+    return_value: bool,
+) -> Callable[..., Any]:
+    hint = f"(argnums={nums[0] if single else nums})"
+
+    def flat_fun(
+        diff_leaves: tuple[Any, ...],
+        rest: list[Any],
+        kwargs: dict[str, Any],
+        treedef: Any,
+        positions: Sequence[int],
+        box: _api_util.Box,
+    ) -> tuple[Any, Any]:
+        args = list(rest)
+        for p, a in zip(positions, treedef.unflatten(diff_leaves)):
+            args[p] = a
+        out = fun(*args, **kwargs)
+        aux: tuple[Any, ...] = ()
+        if has_aux:
+            out, aux_tree = _api_util.split_aux(name, out)
+            aux = _api_util.pack_aux(aux_tree, box)
+        _api_util.check_scalar_output(name, out, has_aux)
+        return out, aux
+
+    # Built once: torch.func.grad_and_value's own wrapper is not rebuilt on every call.
+    torch_value_and_grad = torch.func.grad_and_value(flat_fun, argnums=0, has_aux=True)
+
+    @functools.wraps(fun)
+    def value_and_grad_fun(*args: Any, **kwargs: Any) -> Any:
+        positions = _api_util.resolve_argnums(nums, len(args), name)
+        diff = tuple(args[p] for p in positions)
+        leaves: list[Any]
+        leaves, treedef = optree.tree_flatten(diff, namespace=NAMESPACE)  # type: ignore[arg-type]
+        _api_util.check_differentiable(name, leaves, args, positions, hint)
+        # The differentiated arguments travel as flat leaves; their slots in ``rest`` are
+        # emptied so that torch.func does not walk those trees a second time.
+        rest = list(args)
+        for p in positions:
+            rest[p] = None
+        box = _api_util.Box()
+        grads, (value, aux) = torch_value_and_grad(
+            tuple(leaves), rest, kwargs, treedef, positions, box
+        )
+        g = treedef.unflatten(grads)
+        if single:
+            g = g[0]
+        if has_aux:
+            aux = _api_util.unpack_aux(box, aux)
+            return ((value, aux), g) if return_value else (g, aux)
+        return (value, g) if return_value else g
+
+    return value_and_grad_fun

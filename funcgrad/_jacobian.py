@@ -1,0 +1,220 @@
+"""Jacobians and Hessians of functions of pytrees: ``jacfwd``, ``jacrev``, ``hessian``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optree
+import torch
+import torch.func
+
+from . import _api_util
+from ._typing import ArgNums
+from ._vmap import vmap
+from .tree import NAMESPACE
+
+__all__ = ["hessian", "jacfwd", "jacrev"]
+
+
+def _flat_problem(
+    name: str,
+    fun: Callable[..., Any],
+    nums: tuple[int, ...],
+    has_aux: bool,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    cell: list[Any],
+    box: _api_util.Box,
+) -> tuple[list[torch.Tensor], Any, Callable[..., Any]]:
+    """The differentiated leaves, their structure and ``fun`` as a function of those leaves.
+
+    The flat function returns ``(tuple of output leaves, aux tensors)``, appends the output
+    structure to ``cell`` and puts the rest of ``aux`` in ``box`` (NOTE [optree at the
+    boundary]).
+    """
+    positions = _api_util.resolve_argnums(nums, len(args), name)
+    diff = tuple(args[p] for p in positions)
+    leaves: list[torch.Tensor]
+    leaves, treedef = optree.tree_flatten(diff, namespace=NAMESPACE)  # type: ignore[arg-type]
+    hint = f"(argnums={nums[0] if len(nums) == 1 else nums})"
+    _api_util.check_differentiable(name, leaves, args, positions, hint)
+
+    def flat_fun(*diff_leaves: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Any]:
+        full = list(args)
+        for p, a in zip(positions, treedef.unflatten(diff_leaves)):
+            full[p] = a
+        out = fun(*full, **kwargs)
+        aux: tuple[Any, ...] = ()
+        if has_aux:
+            out, aux_tree = _api_util.split_aux(name, out)
+            aux = _api_util.pack_aux(aux_tree, box)
+        out_leaves, out_def = _api_util.flatten_output(name, out)
+        cell.append(out_def)
+        return tuple(out_leaves), aux
+
+    return leaves, treedef, flat_fun
+
+
+def _assemble(
+    out_def: Any, blocks: Sequence[Sequence[torch.Tensor]], treedef: Any, single: bool
+) -> Any:
+    """``blocks[i][j]`` is d out_i / d in_j; nests input structures inside the output structure."""
+    rows = []
+    for row in blocks:
+        per_arg = treedef.unflatten(row)
+        rows.append(per_arg[0] if single else per_arg)
+    return out_def.unflatten(rows)
+
+
+def jacrev(
+    fun: Callable[..., Any],
+    argnums: ArgNums = 0,
+    *,
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+) -> Callable[..., Any]:
+    """Creates a function that computes the Jacobian of ``fun`` in reverse mode.
+
+    Reverse mode costs one backward pass per output element, so it suits functions with fewer
+    outputs than inputs. The result has the structure of the output; each output leaf is
+    replaced by the structure of the differentiated argument(s), whose leaves are the blocks
+    ``d out / d in`` of shape ``out.shape + in.shape`` (as in JAX).
+
+    Args:
+        fun: a function of pytrees of floating-point tensors returning a pytree of tensors.
+        argnums: the position, or a tuple of positions, of the arguments to differentiate.
+        has_aux: whether ``fun`` returns ``(output, aux)``; then ``(jacobian, aux)`` is returned.
+        chunk_size: compute this many rows of the Jacobian at a time to bound memory
+            (``None``: all at once).
+
+    >>> import torch, funcgrad as fg
+    >>> jac = fg.jacrev(lambda p: p["a"] * p["b"])({"a": torch.tensor([1.0, 2.0]), "b": torch.tensor(3.0)})
+    >>> jac["a"]
+    tensor([[3., 0.],
+            [0., 3.]])
+    >>> jac["b"]
+    tensor([1., 2.])
+    """
+    name = "jacrev"
+    _api_util.check_callable(fun, name)
+    nums, single = _api_util.argnums_spec(argnums, name)
+    _api_util.check_chunk_size(name, chunk_size)
+
+    @functools.wraps(fun)
+    def jacrev_fun(*args: Any, **kwargs: Any) -> Any:
+        cell: list[Any] = []
+        box = _api_util.Box()
+        leaves, treedef, flat_fun = _flat_problem(name, fun, nums, has_aux, args, kwargs, cell, box)
+        jac, aux = torch.func.jacrev(
+            flat_fun, argnums=tuple(range(len(leaves))), has_aux=True, chunk_size=chunk_size
+        )(*leaves)
+        result = _assemble(cell[-1], jac, treedef, single)
+        return (result, _api_util.unpack_aux(box, aux)) if has_aux else result
+
+    return jacrev_fun
+
+
+def _standard_basis(leaves: Sequence[torch.Tensor]) -> tuple[int, list[torch.Tensor]]:
+    """One tangent per input element: leaf ``j``'s slice of an ``N x N`` identity, reshaped."""
+    total = sum(x.numel() for x in leaves)
+    basis = []
+    offset = 0
+    for x in leaves:
+        b = torch.zeros((total, x.numel()), dtype=x.dtype, device=x.device)
+        b.diagonal(-offset).fill_(1)
+        basis.append(b.view((total, *x.shape)))
+        offset += x.numel()
+    return total, basis
+
+
+def _split_columns(
+    jac_out: torch.Tensor, out_shape: torch.Size, leaves: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Splits a batch of JVPs ``(N, *out_shape)`` into blocks ``out_shape + in_shape``."""
+    blocks = []
+    offset = 0
+    moved = jac_out.movedim(0, -1)
+    for x in leaves:
+        block = moved.narrow(-1, offset, x.numel())
+        blocks.append(block.reshape((*out_shape, *x.shape)))
+        offset += x.numel()
+    return blocks
+
+
+def jacfwd(
+    fun: Callable[..., Any],
+    argnums: ArgNums = 0,
+    *,
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+) -> Callable[..., Any]:
+    """Creates a function that computes the Jacobian of ``fun`` in forward mode.
+
+    Forward mode costs one JVP per input element (batched with ``vmap``), so it suits functions
+    with fewer inputs than outputs. The result is laid out as for :func:`funcgrad.jacrev`.
+
+    Args:
+        fun: a function of pytrees of floating-point tensors returning a pytree of tensors.
+        argnums: the position, or a tuple of positions, of the arguments to differentiate.
+        has_aux: whether ``fun`` returns ``(output, aux)``; then ``(jacobian, aux)`` is returned.
+        chunk_size: push this many tangents through at a time to bound memory
+            (``None``: all at once).
+
+    >>> import torch, funcgrad as fg
+    >>> fg.jacfwd(lambda x: x**2)(torch.tensor([1.0, 2.0]))
+    tensor([[2., 0.],
+            [0., 4.]])
+    """
+    name = "jacfwd"
+    _api_util.check_callable(fun, name)
+    nums, single = _api_util.argnums_spec(argnums, name)
+    _api_util.check_chunk_size(name, chunk_size)
+
+    @functools.wraps(fun)
+    def jacfwd_fun(*args: Any, **kwargs: Any) -> Any:
+        cell: list[Any] = []
+        box = _api_util.Box()
+        leaves, treedef, flat_fun = _flat_problem(name, fun, nums, has_aux, args, kwargs, cell, box)
+        total, basis = _standard_basis(leaves)
+
+        def push(*tangents: torch.Tensor) -> tuple[Any, Any]:
+            out, t_out, aux = torch.func.jvp(  # type: ignore[misc]
+                flat_fun, tuple(leaves), tangents, has_aux=True
+            )
+            return t_out, (out, aux)
+
+        if total == 0:
+            out, aux = flat_fun(*leaves)
+            jac_rows = tuple(o.new_zeros((0, *o.shape)) for o in out)
+        else:
+            # The primal output and aux do not depend on the tangents: out_dims None.
+            jac_rows, (out, aux) = vmap(push, out_axes=(0, None), chunk_size=chunk_size)(*basis)
+        blocks = [_split_columns(j, o.shape, leaves) for j, o in zip(jac_rows, out)]
+        result = _assemble(cell[-1], blocks, treedef, single)
+        return (result, _api_util.unpack_aux(box, aux)) if has_aux else result
+
+    return jacfwd_fun
+
+
+def hessian(
+    fun: Callable[..., Any], argnums: ArgNums = 0, *, has_aux: bool = False
+) -> Callable[..., Any]:
+    """Creates a function that computes the Hessian of a scalar function: ``jacfwd(jacrev(fun))``.
+
+    For a dict of parameters the result is a dict of dicts: ``H[k1][k2]`` has shape
+    ``p[k1].shape + p[k2].shape``.
+
+    >>> import torch, funcgrad as fg
+    >>> H = fg.hessian(lambda p: (p["x"] ** 2 * p["y"]).sum())(
+    ...     {"x": torch.tensor([1.0, 2.0]), "y": torch.tensor(3.0)})
+    >>> H["x"]["x"]
+    tensor([[6., 0.],
+            [0., 6.]])
+    >>> H["x"]["y"]
+    tensor([2., 4.])
+    """
+    _api_util.check_callable(fun, "hessian")
+    inner = jacrev(fun, argnums, has_aux=has_aux)
+    return functools.wraps(fun)(jacfwd(inner, argnums, has_aux=has_aux))

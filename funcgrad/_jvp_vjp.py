@@ -1,0 +1,213 @@
+"""Forward and reverse mode on pytrees: ``jvp``, ``vjp`` and ``linearize``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optree
+import torch
+import torch.func
+
+from . import _api_util
+from .tree import NAMESPACE
+
+__all__ = ["jvp", "linearize", "vjp"]
+
+
+def _flat_primals(name: str, primals: Sequence[Any]) -> tuple[list[torch.Tensor], Any]:
+    leaves: list[torch.Tensor]
+    leaves, treedef = optree.tree_flatten(tuple(primals), namespace=NAMESPACE)  # type: ignore[arg-type]
+    _api_util.check_differentiable(
+        name,
+        leaves,
+        primals,
+        range(len(primals)),
+        "Close over non-differentiable values instead, e.g. with functools.partial.",
+        root="primals",
+    )
+    return leaves, treedef
+
+
+def _flat_fun(
+    name: str,
+    fun: Callable[..., Any],
+    treedef: Any,
+    has_aux: bool,
+    cell: list[Any],
+    box: _api_util.Box,
+) -> Callable[..., Any]:
+    """``fun`` as a function of flat tensors returning ``(flat outputs, aux tensors)``.
+
+    The output structure is appended to ``cell`` and the rest of ``aux`` goes into ``box``
+    (see NOTE [optree at the boundary]).
+    """
+
+    def flat_fun(*leaves: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Any]:
+        out = fun(*treedef.unflatten(leaves))
+        aux: tuple[Any, ...] = ()
+        if has_aux:
+            out, aux_tree = _api_util.split_aux(name, out)
+            aux = _api_util.pack_aux(aux_tree, box)
+        out_leaves, out_def = _api_util.flatten_output(name, out)
+        if not out_leaves:
+            raise ValueError(
+                f"funcgrad.{name}: the function returned no tensors (its output is {out_def}); "
+                "there is nothing to differentiate."
+            )
+        cell.append(out_def)
+        return tuple(out_leaves), aux
+
+    return flat_fun
+
+
+def jvp(
+    fun: Callable[..., Any],
+    primals: Sequence[Any],
+    tangents: Sequence[Any],
+    *,
+    has_aux: bool = False,
+) -> tuple[Any, ...]:
+    """Evaluates ``fun(*primals)`` and its Jacobian-vector product with ``tangents`` (forward mode).
+
+    Args:
+        fun: a function of pytrees of floating-point tensors returning a pytree of tensors
+            (or ``(output, aux)`` with ``has_aux=True``).
+        primals: a tuple or list of the positional arguments.
+        tangents: a tuple or list with the structure of ``primals``; every tangent leaf has the
+            shape and dtype of its primal leaf.
+        has_aux: whether ``fun`` returns ``(output, aux)``.
+
+    Returns:
+        ``(primals_out, tangents_out)``, or ``(primals_out, tangents_out, aux)``.
+
+    >>> import torch, funcgrad as fg
+    >>> x = torch.tensor([0.0, 1.0])
+    >>> fg.jvp(torch.sin, (x,), (torch.ones(2),))
+    (tensor([0.0000, 0.8415]), tensor([1.0000, 0.5403]))
+    """
+    name = "jvp"
+    _api_util.check_callable(fun, name)
+    for what, value in (("primals", primals), ("tangents", tangents)):
+        if not isinstance(value, (tuple, list)):
+            raise TypeError(
+                f"funcgrad.{name}: {what} must be a tuple or list of the function's positional "
+                f"arguments, got {type(value).__name__}. Wrap a single argument: ({what[:-1]},)."
+            )
+    if len(primals) != len(tangents):
+        raise ValueError(
+            f"funcgrad.{name}: primals and tangents must have the same length, got "
+            f"{len(primals)} primals and {len(tangents)} tangents."
+        )
+    leaves, treedef = _flat_primals(name, primals)
+    t_leaves = _check_tangents(name, leaves, treedef, tuple(tangents), "tangents")
+    cell: list[Any] = []
+    box = _api_util.Box()
+    flat_fun = _flat_fun(name, fun, treedef, has_aux, cell, box)
+    out, t_out, aux = torch.func.jvp(  # type: ignore[misc]
+        flat_fun, tuple(leaves), tuple(t_leaves), has_aux=True
+    )
+    out_def = cell[-1]
+    result = (out_def.unflatten(out), out_def.unflatten(t_out))
+    return (*result, _api_util.unpack_aux(box, aux)) if has_aux else result
+
+
+def _check_tangents(
+    name: str, leaves: Sequence[torch.Tensor], treedef: Any, tangents: Any, root: str
+) -> list[torch.Tensor]:
+    return _api_util.check_like(
+        name,
+        "tangent",
+        leaves,
+        treedef,
+        tangents,
+        root,
+        "Tangents must match the primals in structure, shape and dtype "
+        "(e.g. build them with funcgrad.tree.map(torch.ones_like, primals)).",
+    )
+
+
+def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
+    """Evaluates ``fun(*primals)`` and returns a function for its vector-Jacobian products.
+
+    Args:
+        fun: a function of pytrees of floating-point tensors returning a pytree of tensors
+            (or ``(output, aux)`` with ``has_aux=True``).
+        *primals: the positional arguments.
+        has_aux: whether ``fun`` returns ``(output, aux)``.
+
+    Returns:
+        ``(output, vjp_fn)`` or ``(output, vjp_fn, aux)``. ``vjp_fn(cotangent)`` takes a pytree
+        with the structure, shapes and dtypes of ``output`` and returns a tuple with one
+        cotangent per primal. It may be called many times.
+
+    >>> import torch, funcgrad as fg
+    >>> out, vjp_fn = fg.vjp(lambda x, y: x * y, torch.tensor(2.0), torch.tensor(3.0))
+    >>> vjp_fn(torch.tensor(1.0))
+    (tensor(3.), tensor(2.))
+    """
+    name = "vjp"
+    _api_util.check_callable(fun, name)
+    leaves, treedef = _flat_primals(name, primals)
+    cell: list[Any] = []
+    box = _api_util.Box()
+    flat_fun = _flat_fun(name, fun, treedef, has_aux, cell, box)
+    out, torch_vjp_fn, aux = torch.func.vjp(flat_fun, *leaves, has_aux=True)  # type: ignore[misc]
+    out_def = cell[-1]
+
+    def vjp_fn(cotangent: Any) -> tuple[Any, ...]:
+        ct = _api_util.check_like(
+            "vjp",
+            "cotangent",
+            out,
+            out_def,
+            cotangent,
+            "cotangent",
+            "Give vjp_fn one cotangent with the structure, shapes and dtypes of the output.",
+        )
+        return treedef.unflatten(torch_vjp_fn(tuple(ct)))  # type: ignore[no-any-return]
+
+    result = (out_def.unflatten(out), vjp_fn)
+    return (*result, _api_util.unpack_aux(box, aux)) if has_aux else result
+
+
+def linearize(fun: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[..., Any]]:
+    """Evaluates ``fun(*primals)`` once and returns its Jacobian-vector product as a function.
+
+    ``jvp_fn(*tangents)`` equals ``jvp(fun, primals, tangents)[1]`` without evaluating
+    ``fun`` again: each call costs one backward pass through the recorded computation.
+
+    Returns:
+        ``(output, jvp_fn)``; ``jvp_fn`` takes one tangent per primal, each with the structure,
+        shapes and dtypes of that primal.
+
+    >>> import torch, funcgrad as fg
+    >>> out, jvp_fn = fg.linearize(lambda x: x**2, torch.tensor([1.0, 3.0]))
+    >>> jvp_fn(torch.tensor([1.0, 1.0]))
+    tensor([2., 6.])
+    """
+    # NOTE [linearize by transposing twice]
+    # torch.func.linearize traces the function with make_fx, so data-dependent Python control
+    # flow breaks it. Instead: the VJP u -> J^T u is linear in u, so the VJP of *that* function,
+    # evaluated at any u (zeros), maps v -> J v. Both graphs are recorded eagerly once; each
+    # jvp_fn call is one backward pass through the second graph and never re-runs ``fun``.
+    name = "linearize"
+    _api_util.check_callable(fun, name)
+    leaves, treedef = _flat_primals(name, primals)
+    cell: list[Any] = []
+    flat_fun = _flat_fun(name, fun, treedef, False, cell, _api_util.Box())
+    out, torch_vjp_fn, _ = torch.func.vjp(flat_fun, *leaves, has_aux=True)  # type: ignore[misc]
+    out_def = cell[-1]
+    zeros = tuple(torch.zeros_like(o) for o in out)
+    _, transposed = torch.func.vjp(lambda *u: torch_vjp_fn(u), *zeros)  # type: ignore[misc]
+
+    def jvp_fn(*tangents: Any) -> Any:
+        if len(tangents) != len(primals):
+            raise TypeError(
+                f"funcgrad.{name}: jvp_fn takes one tangent per primal ({len(primals)}), got "
+                f"{len(tangents)}."
+            )
+        t_leaves = _check_tangents(name, leaves, treedef, tangents, "tangents")
+        return out_def.unflatten(transposed(tuple(t_leaves)))
+
+    return out_def.unflatten(out), jvp_fn

@@ -1,0 +1,1 @@
+"""Testing utilities (placeholder replaced in this change)."""

@@ -1,0 +1,514 @@
+"""Pytrees: nested containers of tensors, built on `optree <https://github.com/metaopt/optree>`_.
+
+Every function here works in optree's ``"funcgrad"`` namespace, so a node type registered with
+:func:`register_dataclass` is understood by every funcgrad transform and by every function below.
+Tuples, lists, dicts (flattened in sorted key order), ``OrderedDict``, ``defaultdict``, ``deque``,
+NamedTuples and ``None`` (an empty node, never a leaf) are built in.
+
+>>> import torch
+>>> import funcgrad as fg
+>>> params = {"w": torch.ones(2), "b": torch.zeros(())}
+>>> fg.tree.map(lambda x: x + 1, params)
+{'w': tensor([2., 2.]), 'b': tensor(1.)}
+>>> fg.tree.leaves(params)
+[tensor(0.), tensor([1., 1.])]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import optree
+import torch
+
+from ._typing import PyTree, PyTreeDef
+
+__all__ = [
+    "NAMESPACE",
+    "add",
+    "allclose",
+    "combine",
+    "dot",
+    "equal",
+    "flatten",
+    "flatten_with_path",
+    "leaves",
+    "map",
+    "map_with_path",
+    "norm",
+    "ones_like",
+    "partition",
+    "reduce",
+    "register_dataclass",
+    "scale",
+    "structure",
+    "sub",
+    "transpose",
+    "unflatten",
+    "zeros_like",
+]
+
+#: The optree namespace that funcgrad registers its node types in.
+NAMESPACE = "funcgrad"
+
+_T = TypeVar("_T")
+_MISSING: Any = object()
+
+
+# --------------------------------------------------------------------------------------------
+# Structure
+# --------------------------------------------------------------------------------------------
+
+
+def flatten(
+    tree: PyTree, is_leaf: Callable[[Any], bool] | None = None
+) -> tuple[list[Any], PyTreeDef]:
+    """Flattens a pytree into its leaves and its structure.
+
+    Args:
+        tree: the pytree.
+        is_leaf: optional predicate; a node for which it returns ``True`` is a leaf.
+
+    Returns:
+        ``(leaves, treedef)``; ``unflatten(treedef, leaves)`` rebuilds the tree.
+
+    >>> leaves, treedef = flatten({"b": 2, "a": (1, None)})
+    >>> leaves
+    [1, 2]
+    >>> treedef
+    PyTreeSpec({'a': (*, None), 'b': *})
+    """
+    return optree.tree_flatten(tree, is_leaf, namespace=NAMESPACE)
+
+
+def unflatten(treedef: PyTreeDef, leaves: Iterable[Any]) -> PyTree:
+    """Builds a pytree of structure ``treedef`` from ``leaves`` (the inverse of :func:`flatten`).
+
+    >>> leaves, treedef = flatten([1, (2, 3)])
+    >>> unflatten(treedef, [10, 20, 30])
+    [10, (20, 30)]
+    """
+    return optree.tree_unflatten(treedef, leaves)
+
+
+def leaves(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[Any]:
+    """Returns the leaves of a pytree, in flattening order.
+
+    >>> leaves({"x": [1, 2], "y": None})
+    [1, 2]
+    """
+    return optree.tree_leaves(tree, is_leaf, namespace=NAMESPACE)
+
+
+def structure(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> PyTreeDef:
+    """Returns the structure (treedef) of a pytree.
+
+    >>> structure((1, {"a": 2})) == structure((3, {"a": 4}))
+    True
+    """
+    return optree.tree_structure(tree, is_leaf, namespace=NAMESPACE)
+
+
+def flatten_with_path(
+    tree: PyTree, is_leaf: Callable[[Any], bool] | None = None
+) -> tuple[list[tuple[tuple[Any, ...], Any]], PyTreeDef]:
+    """Flattens a pytree into ``(path, leaf)`` pairs and its structure.
+
+    A path is a tuple of keys: dict keys, sequence indices, and field names of registered
+    dataclasses (NamedTuple fields are indexed by position).
+
+    >>> pairs, _ = flatten_with_path({"a": [10, 20]})
+    >>> pairs
+    [(('a', 0), 10), (('a', 1), 20)]
+    """
+    paths, leaves_, treedef = optree.tree_flatten_with_path(tree, is_leaf, namespace=NAMESPACE)
+    return list(zip(paths, leaves_)), treedef
+
+
+def map(
+    f: Callable[..., Any],
+    tree: PyTree,
+    *rest: PyTree,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> PyTree:
+    """Applies ``f`` to every leaf (and the matching leaves of ``rest``), keeping the structure.
+
+    Every tree in ``rest`` must have the structure of ``tree``.
+
+    >>> map(lambda x, y: x * y, {"a": 2, "b": 3}, {"a": 10, "b": 100})
+    {'a': 20, 'b': 300}
+    """
+    return optree.tree_map(f, tree, *rest, is_leaf=is_leaf, namespace=NAMESPACE)
+
+
+def map_with_path(
+    f: Callable[..., Any],
+    tree: PyTree,
+    *rest: PyTree,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> PyTree:
+    """Like :func:`map`, but ``f`` receives the leaf's path first: ``f(path, leaf, *rest_leaves)``.
+
+    >>> map_with_path(lambda path, x: f"{path[0]}={x}", {"lr": 0.1, "wd": 0.0})
+    {'lr': 'lr=0.1', 'wd': 'wd=0.0'}
+    """
+    return optree.tree_map_with_path(f, tree, *rest, is_leaf=is_leaf, namespace=NAMESPACE)
+
+
+def reduce(
+    f: Callable[[_T, Any], _T],
+    tree: PyTree,
+    initializer: _T = _MISSING,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> _T:
+    """Folds ``f`` over the leaves from left to right, like :func:`functools.reduce`.
+
+    >>> import operator
+    >>> reduce(operator.add, [1, (2, 3)], 100)
+    106
+    """
+    if initializer is _MISSING:
+        return optree.tree_reduce(f, tree, is_leaf=is_leaf, namespace=NAMESPACE)  # type: ignore[no-any-return]
+    return optree.tree_reduce(f, tree, initializer, is_leaf=is_leaf, namespace=NAMESPACE)
+
+
+def transpose(outer_treedef: PyTreeDef, inner_treedef: PyTreeDef, tree: PyTree) -> PyTree:
+    """Turns a tree of structure ``outer`` of trees of structure ``inner`` inside out.
+
+    >>> outer = structure([0, 0])
+    >>> inner = structure({"a": 0, "b": 0})
+    >>> transpose(outer, inner, [{"a": 1, "b": 2}, {"a": 3, "b": 4}])
+    {'a': [1, 3], 'b': [2, 4]}
+    """
+    return optree.tree_transpose(outer_treedef, inner_treedef, tree)
+
+
+# --------------------------------------------------------------------------------------------
+# Registration
+# --------------------------------------------------------------------------------------------
+
+
+def register_dataclass(
+    cls: type[_T] | None = None,
+    *,
+    data_fields: Sequence[str] | None = None,
+    meta_fields: Sequence[str] | None = None,
+) -> Any:
+    """Registers a dataclass as a pytree node; usable as a decorator.
+
+    Data fields become children (traced, differentiated, mapped); meta fields become part of the
+    tree structure (static configuration: sizes, activation names, flags). By default a field is
+    data unless it was declared with ``dataclasses.field(metadata={"static": True})``.
+    Unflattening sets the fields directly, without calling ``__init__``, so frozen dataclasses
+    and custom constructors work.
+
+    Args:
+        cls: the dataclass (omit it to use ``register_dataclass(...)`` as a decorator factory).
+        data_fields: names of the data fields, overriding the ``static`` metadata.
+        meta_fields: names of the meta fields, overriding the ``static`` metadata.
+
+    >>> import dataclasses, torch
+    >>> @register_dataclass
+    ... @dataclasses.dataclass
+    ... class Affine:
+    ...     weight: torch.Tensor
+    ...     bias: torch.Tensor
+    ...     activation: str = dataclasses.field(default="relu", metadata={"static": True})
+    >>> layer = Affine(torch.ones(2), torch.zeros(2))
+    >>> leaves(layer)
+    [tensor([1., 1.]), tensor([0., 0.])]
+    >>> map(lambda x: x + 1, layer).activation
+    'relu'
+    """
+    if cls is None:
+        return lambda c: register_dataclass(c, data_fields=data_fields, meta_fields=meta_fields)
+    if not dataclasses.is_dataclass(cls) or not isinstance(cls, type):
+        raise TypeError(
+            f"funcgrad.tree.register_dataclass: expected a dataclass type, got {cls!r}. "
+            "Decorate the class with @dataclasses.dataclass below @register_dataclass."
+        )
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    if data_fields is None and meta_fields is None:
+        meta = tuple(f.name for f in fields if f.metadata.get("static", False))
+        data = tuple(f.name for f in fields if not f.metadata.get("static", False))
+    else:
+        data = tuple(data_fields or ())
+        meta = tuple(meta_fields or ())
+        unknown = sorted(set(data + meta) - set(names))
+        if unknown:
+            raise ValueError(
+                f"funcgrad.tree.register_dataclass: {cls.__name__} has no fields {unknown}; "
+                f"its fields are {names}."
+            )
+        overlap = sorted(set(data) & set(meta))
+        if overlap:
+            raise ValueError(
+                f"funcgrad.tree.register_dataclass: fields {overlap} of {cls.__name__} are listed "
+                "as both data_fields and meta_fields; give each field one role."
+            )
+
+    def flatten_fn(obj: Any) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[str, ...]]:
+        children = tuple(getattr(obj, n) for n in data)
+        metadata = tuple(getattr(obj, n) for n in meta)
+        return children, metadata, data
+
+    def unflatten_fn(metadata: tuple[Any, ...], children: Iterable[Any]) -> Any:
+        obj = object.__new__(cls)
+        for n, v in zip(data, children):
+            object.__setattr__(obj, n, v)
+        for n, v in zip(meta, metadata):
+            object.__setattr__(obj, n, v)
+        return obj
+
+    optree.register_pytree_node(
+        cls,  # type: ignore[arg-type]
+        flatten_fn,
+        unflatten_fn,  # type: ignore[arg-type]
+        path_entry_type=optree.GetAttrEntry,
+        namespace=NAMESPACE,
+    )
+    return cls
+
+
+# --------------------------------------------------------------------------------------------
+# Splitting and merging
+# --------------------------------------------------------------------------------------------
+
+
+def partition(
+    tree: PyTree,
+    predicate: Callable[[Any], bool],
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> tuple[PyTree, PyTree]:
+    """Splits a tree in two by a predicate on its leaves, leaving ``None`` holes.
+
+    The first tree keeps the leaves where ``predicate(leaf)`` is true, the second keeps the
+    others; :func:`combine` merges them back. Use it to differentiate only part of a model.
+
+    >>> import torch
+    >>> tree = {"w": torch.ones(2), "n": 3}
+    >>> tensors, others = partition(tree, lambda x: isinstance(x, torch.Tensor))
+    >>> tensors, others
+    ({'w': tensor([1., 1.]), 'n': None}, {'w': None, 'n': 3})
+    >>> combine(tensors, others)
+    {'w': tensor([1., 1.]), 'n': 3}
+    """
+    leaves_, treedef = flatten(tree, is_leaf)
+    mask = [bool(predicate(x)) for x in leaves_]
+    first = unflatten(treedef, [x if m else None for x, m in zip(leaves_, mask)])
+    second = unflatten(treedef, [None if m else x for x, m in zip(leaves_, mask)])
+    return first, second
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def combine(*trees: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> PyTree:
+    """Merges trees of one structure with ``None`` holes: each leaf is the first non-``None``.
+
+    The inverse of :func:`partition`.
+
+    >>> combine({"a": None, "b": 2}, {"a": 1, "b": None})
+    {'a': 1, 'b': 2}
+    """
+    if not trees:
+        raise TypeError("funcgrad.tree.combine: expected at least one tree, got none.")
+
+    def leaf_or_none(x: Any) -> bool:
+        return x is None or (is_leaf is not None and is_leaf(x))
+
+    def first_not_none(*xs: Any) -> Any:
+        return next((x for x in xs if x is not None), None)
+
+    try:
+        return optree.tree_map(first_not_none, *trees, is_leaf=leaf_or_none, namespace=NAMESPACE)
+    except ValueError as e:
+        raise ValueError(
+            "funcgrad.tree.combine: the trees must have one structure once None holes are "
+            f"counted as leaves, but they differ: {e}"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Tree math
+# --------------------------------------------------------------------------------------------
+
+
+def _tensor_leaves(name: str, tree: PyTree) -> tuple[list[torch.Tensor], PyTreeDef]:
+    paths, leaves_, treedef = optree.tree_flatten_with_accessor(tree, namespace=NAMESPACE)
+    for path, x in zip(paths, leaves_):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"funcgrad.tree.{name}: expected every leaf to be a torch.Tensor, but the leaf "
+                f"at {path.codify('tree')} is {type(x).__name__} ({x!r}). Convert it with "
+                "torch.as_tensor or move non-tensor values out of the tree (tree.partition)."
+            )
+    return leaves_, treedef
+
+
+def _zip_tensor_leaves(
+    name: str, a: PyTree, b: PyTree
+) -> tuple[list[torch.Tensor], list[torch.Tensor], PyTreeDef]:
+    la, ta = _tensor_leaves(name, a)
+    lb, tb = _tensor_leaves(name, b)
+    if ta != tb:
+        raise ValueError(
+            f"funcgrad.tree.{name}: the two trees must have the same structure, got {ta} and {tb}."
+        )
+    return la, lb, ta
+
+
+def add(a: PyTree, b: PyTree) -> PyTree:
+    """Leafwise ``a + b``.
+
+    >>> import torch
+    >>> add({"x": torch.tensor(1.0)}, {"x": torch.tensor(2.0)})
+    {'x': tensor(3.)}
+    """
+    la, lb, treedef = _zip_tensor_leaves("add", a, b)
+    return unflatten(treedef, [x + y for x, y in zip(la, lb)])
+
+
+def sub(a: PyTree, b: PyTree) -> PyTree:
+    """Leafwise ``a - b``.
+
+    >>> import torch
+    >>> sub({"x": torch.tensor(1.0)}, {"x": torch.tensor(2.0)})
+    {'x': tensor(-1.)}
+    """
+    la, lb, treedef = _zip_tensor_leaves("sub", a, b)
+    return unflatten(treedef, [x - y for x, y in zip(la, lb)])
+
+
+def scale(scalar: float | torch.Tensor, tree: PyTree) -> PyTree:
+    """Multiplies every leaf by ``scalar`` (a number or a 0-d tensor).
+
+    >>> import torch
+    >>> scale(0.5, [torch.tensor([2.0, 4.0])])
+    [tensor([1., 2.])]
+    """
+    leaves_, treedef = _tensor_leaves("scale", tree)
+    return unflatten(treedef, [scalar * x for x in leaves_])
+
+
+def dot(a: PyTree, b: PyTree) -> torch.Tensor:
+    """The inner product ``sum_i <a_i, b_i>`` over all leaves, as a 0-d tensor.
+
+    Complex leaves of ``a`` are conjugated first (like :func:`torch.vdot`).
+
+    >>> import torch
+    >>> dot({"x": torch.tensor([1.0, 2.0])}, {"x": torch.tensor([3.0, 4.0])})
+    tensor(11.)
+    """
+    la, lb, _ = _zip_tensor_leaves("dot", a, b)
+    terms = [(x.conj() * y).sum() for x, y in zip(la, lb)]
+    if not terms:
+        return torch.zeros(())
+    return sum(terms[1:], terms[0])
+
+
+def norm(tree: PyTree, ord: float = 2, *, squared: bool = False) -> torch.Tensor:
+    """The norm of all leaves taken together as one vector, as a 0-d tensor.
+
+    Args:
+        tree: a pytree of tensors.
+        ord: ``1``, ``2`` or ``math.inf``.
+        squared: return the squared norm (only with ``ord=2``).
+
+    >>> import torch
+    >>> norm({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])})
+    tensor(5.)
+    >>> norm({"a": torch.tensor([3.0]), "b": torch.tensor([-4.0])}, ord=math.inf)
+    tensor(4.)
+    """
+    leaves_, _ = _tensor_leaves("norm", tree)
+    if ord not in (1, 2, math.inf):
+        raise ValueError(f"funcgrad.tree.norm: ord must be 1, 2 or math.inf, got {ord!r}.")
+    if squared and ord != 2:
+        raise ValueError(f"funcgrad.tree.norm: squared=True needs ord=2, got ord={ord!r}.")
+    if not leaves_:
+        return torch.zeros(())
+    if ord == 2:
+        total = torch.stack([torch.linalg.vector_norm(x) ** 2 for x in leaves_]).sum()
+        return total if squared else total.sqrt()
+    parts = torch.stack([torch.linalg.vector_norm(x, ord) for x in leaves_])
+    return parts.sum() if ord == 1 else parts.max()
+
+
+def zeros_like(tree: PyTree, dtype: torch.dtype | None = None) -> PyTree:
+    """A tree of zeros with the structure, shapes, devices (and dtypes) of ``tree``.
+
+    >>> import torch
+    >>> zeros_like({"w": torch.ones(2)})
+    {'w': tensor([0., 0.])}
+    """
+    leaves_, treedef = _tensor_leaves("zeros_like", tree)
+    return unflatten(treedef, [torch.zeros_like(x, dtype=dtype) for x in leaves_])
+
+
+def ones_like(tree: PyTree, dtype: torch.dtype | None = None) -> PyTree:
+    """A tree of ones with the structure, shapes, devices (and dtypes) of ``tree``.
+
+    >>> import torch
+    >>> ones_like([torch.zeros(2, dtype=torch.int64)])
+    [tensor([1, 1])]
+    """
+    leaves_, treedef = _tensor_leaves("ones_like", tree)
+    return unflatten(treedef, [torch.ones_like(x, dtype=dtype) for x in leaves_])
+
+
+def allclose(a: PyTree, b: PyTree, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
+    """Whether two trees have one structure and leafwise-close values (:func:`torch.allclose`).
+
+    Shapes and dtypes must match; non-tensor leaves must be equal.
+
+    >>> import torch
+    >>> allclose({"x": torch.tensor(1.0)}, {"x": torch.tensor(1.0 + 1e-9)})
+    True
+    >>> allclose({"x": torch.tensor(1.0)}, {"y": torch.tensor(1.0)})
+    False
+    """
+    la, ta = flatten(a)
+    lb, tb = flatten(b)
+    if ta != tb:
+        return False
+    return all(_leaf_close(x, y, rtol, atol) for x, y in zip(la, lb))
+
+
+def _leaf_close(x: Any, y: Any, rtol: float, atol: float) -> bool:
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        return (
+            x.shape == y.shape
+            and x.dtype == y.dtype
+            and bool(torch.allclose(x, y.to(x.device), rtol=rtol, atol=atol))
+        )
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        return False
+    return bool(x == y)
+
+
+def equal(a: PyTree, b: PyTree) -> bool:
+    """Whether two trees have one structure and exactly equal leaves (shape, dtype and values).
+
+    >>> import torch
+    >>> equal([torch.tensor([1, 2])], [torch.tensor([1, 2])])
+    True
+    >>> equal([torch.tensor([1, 2])], [torch.tensor([1.0, 2.0])])
+    False
+    """
+    la, ta = flatten(a)
+    lb, tb = flatten(b)
+    if ta != tb:
+        return False
+    for x, y in zip(la, lb):
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            if x.dtype != y.dtype or not torch.equal(x, y.to(x.device)):
+                return False
+        elif isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor) or not bool(x == y):
+            return False
+    return True

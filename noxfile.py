@@ -1,0 +1,53 @@
+"""Sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s bench``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = ("-c", str(ROOT / ".ci" / "constraints.txt"))
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Runs the test suite, docstring examples included, with a deterministic hypothesis profile."""
+    session.install(*CONSTRAINTS, "-e", ".[test]")
+    env = {
+        "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci"),
+        "JAX_PLATFORMS": "cpu",
+        # JAX is the numerics oracle: in this session a missing JAX is a failure, not a skip.
+        "FUNCGRAD_REQUIRE_JAX": "1",
+    }
+    session.run("pytest", "funcgrad", "tests", *session.posargs, env=env)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) on the package."""
+    session.install(*CONSTRAINTS, "-e", ".", "mypy>=1.11")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Runs every benchmark script; each prints a ratio table (see benchmarks/RESULTS.md)."""
+    session.install(*CONSTRAINTS, "-e", ".[test]")
+    env = {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    scripts = session.posargs or sorted(str(p) for p in (ROOT / "benchmarks").glob("*.py"))
+    for script in scripts:
+        session.run("python", script, env=env)
