@@ -192,74 +192,122 @@ def vmap(
                 f"funcgrad.{name}: axis_size={axis_size} but the mapped arguments have size "
                 f"{size} along their mapped axes."
             )
-        out_cell: list[Any] = []
-
-        def call(full: list[Any]) -> Any:
-            call_args = treedef.unflatten(full[:n_pos])
-            call_kwargs: Any = kw_def.unflatten(full[n_pos:]) if kwargs else {}
-            out = fun(*call_args, **call_kwargs)
-            out_leaves, out_def = _api_util.flatten_output(name, out)
-            o_axes = out_leaf_axes(out, out_def)
-            out_cell.append((out_def, o_axes))
-            batched = tuple(o for o, a in zip(out_leaves, o_axes) if a is not None)
-            unbatched = tuple(o for o, a in zip(out_leaves, o_axes) if a is None)
-            return batched, unbatched
-
+        call = _Call(leaves, mapped_idx, treedef, n_pos, kw_def if kwargs else None)
         if not mapped_idx:
-            batched, unbatched = call(list(leaves))
-            batched = tuple(o.unsqueeze(0).expand((size, *o.shape)) for o in batched)
-        else:
-
-            def flat_fun(*mapped: torch.Tensor) -> Any:
-                full = list(leaves)
-                for i, x in zip(mapped_idx, mapped):
-                    full[i] = x
-                return call(full)
-
-            batched_fun = torch.func.vmap(
-                flat_fun,
-                in_dims=0,
-                out_dims=(0, None),  # type: ignore[arg-type]  # a pytree prefix, as documented
-                randomness=randomness,
+            out_leaves, o_axes = run((), call)
+            batched = tuple(
+                o.unsqueeze(0).expand((size, *o.shape))
+                for o, a in zip(out_leaves, o_axes)
+                if a is not None
             )
+            unbatched = tuple(o for o, a in zip(out_leaves, o_axes) if a is None)
+        else:
+            call.bare = len(moved) == 1
+            mapped = moved[0] if call.bare else tuple(moved)
             try:
                 if chunk_size is None or chunk_size >= size:
-                    batched, unbatched = batched_fun(*moved)
+                    batched, unbatched = batched_call(mapped, call)
                 else:
-                    batched, unbatched = _chunked(batched_fun, moved, size, chunk_size)
+                    batched, unbatched = _chunked(batched_call, mapped, call, size, chunk_size)
             except ValueError as e:
-                if "when out_dim is None" not in str(e) or not out_cell:
+                if "when out_dim is None" not in str(e) or call.out is None:
                     raise
-                out_def, o_axes = out_cell[-1]
-                paths = [
-                    p
-                    for p, a in zip(
-                        _api_util.leaf_paths(out_def.unflatten([0] * len(o_axes)), "output"), o_axes
-                    )
-                    if a is None
-                ]
-                raise ValueError(
-                    f"funcgrad.{name}: out_axes is None for the outputs at {', '.join(paths)}, "
-                    "but at least one of them depends on the mapped axis. Give it an int out_axes, "
-                    "or make sure it does not depend on the mapped arguments."
-                ) from None
-        out_def, o_axes = out_cell[-1]
+                _batched_none_output(name, *call.out)
+        out_def, o_axes = call.out
         return _assemble(name, out_def, o_axes, batched, unbatched)
+
+    def run(mapped: Any, call: _Call) -> tuple[list[torch.Tensor], list[int | None]]:
+        full = list(call.leaves)
+        if call.bare:
+            full[call.mapped_idx[0]] = mapped
+        else:
+            for i, x in zip(call.mapped_idx, mapped):
+                full[i] = x
+        call_args = call.treedef.unflatten(full[: call.n_pos])
+        call_kwargs = {} if call.kw_def is None else call.kw_def.unflatten(full[call.n_pos :])
+        out = fun(*call_args, **call_kwargs)
+        out_leaves, out_def = _api_util.flatten_output(name, out)
+        o_axes = out_leaf_axes(out, out_def)
+        call.out = (out_def, o_axes)
+        return out_leaves, o_axes
+
+    def run_all_batched(mapped: Any, call: _Call) -> Any:
+        out_leaves, _ = run(mapped, call)
+        return out_leaves[0] if len(out_leaves) == 1 else tuple(out_leaves)
+
+    def run_split(mapped: Any, call: _Call) -> Any:
+        out_leaves, o_axes = run(mapped, call)
+        batched = tuple(o for o, a in zip(out_leaves, o_axes) if a is not None)
+        unbatched = tuple(o for o, a in zip(out_leaves, o_axes) if a is None)
+        return batched, unbatched
+
+    # NOTE [lean calls into torch.func] applies: both torch.func.vmap wrappers are built once and
+    # called with the mapped tensors (bare when there is one) and one opaque _Call. When out_axes
+    # has no None anywhere, every output is batched and torch.func sees plain out_dims=0.
+    all_batched = None not in optree.tree_leaves(out_axes, is_leaf=_is_none, namespace=NAMESPACE)
+    if all_batched:
+        vmap_all = torch.func.vmap(
+            run_all_batched, in_dims=(0, None), out_dims=0, randomness=randomness
+        )
+    else:
+        vmap_split = torch.func.vmap(
+            run_split,
+            in_dims=(0, None),
+            out_dims=(0, None),  # type: ignore[arg-type]  # a pytree prefix, as documented
+            randomness=randomness,
+        )
+
+    def batched_call(mapped: Any, call: _Call) -> tuple[tuple[torch.Tensor, ...], Any]:
+        if all_batched:
+            result = vmap_all(mapped, call)
+            return ((result,) if isinstance(result, torch.Tensor) else result), ()
+        return vmap_split(mapped, call)  # type: ignore[no-any-return]
 
     return vmapped
 
 
+class _Call:
+    """The unmapped context of one vmapped call, passed to torch.func as one opaque object."""
+
+    __slots__ = ("bare", "kw_def", "leaves", "mapped_idx", "n_pos", "out", "treedef")
+
+    def __init__(
+        self, leaves: list[Any], mapped_idx: list[int], treedef: Any, n_pos: int, kw_def: Any
+    ) -> None:
+        self.leaves = leaves
+        self.mapped_idx = mapped_idx
+        self.treedef = treedef
+        self.n_pos = n_pos
+        self.kw_def = kw_def
+        self.bare = False
+        self.out: Any = None
+
+
+def _batched_none_output(name: str, out_def: Any, o_axes: Sequence[int | None]) -> None:
+    paths = _api_util.leaf_paths(out_def.unflatten([0] * len(o_axes)), "output")
+    none_paths = [p for p, a in zip(paths, o_axes) if a is None]
+    raise ValueError(
+        f"funcgrad.{name}: out_axes is None for the outputs at {', '.join(none_paths)}, but at "
+        "least one of them depends on the mapped axis. Give it an int out_axes, or make sure it "
+        "does not depend on the mapped arguments."
+    ) from None
+
+
 def _chunked(
-    batched_fun: Callable[..., Any], moved: Sequence[torch.Tensor], size: int, chunk_size: int
+    batched_call: Callable[..., Any], mapped: Any, call: _Call, size: int, chunk_size: int
 ) -> tuple[tuple[torch.Tensor, ...], Any]:
     # NOTE [chunking in vmap]
     # torch.func.vmap's own chunk_size cannot concatenate outputs with out_dims None (it calls
     # torch.cat(dim=None)), so chunks are mapped here: one batched call per slice of the mapped
     # axis, batched outputs concatenated, unbatched outputs taken from the first chunk.
-    results = [
-        batched_fun(*(m.narrow(0, start, min(chunk_size, size - start)) for m in moved))
-        for start in range(0, size, chunk_size)
-    ]
+    results = []
+    for start in range(0, size, chunk_size):
+        length = min(chunk_size, size - start)
+        if call.bare:
+            piece = mapped.narrow(0, start, length)
+        else:
+            piece = tuple(m.narrow(0, start, length) for m in mapped)
+        results.append(batched_call(piece, call))
     batched = tuple(torch.cat(parts) for parts in zip(*(r[0] for r in results)))
     return batched, results[0][1]
 
