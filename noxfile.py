@@ -31,7 +31,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
-    session.install("ruff>=0.6")
+    session.install(*CONSTRAINTS, "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -39,7 +39,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy (strict) on the package."""
-    session.install(*CONSTRAINTS, "-e", ".", "mypy>=1.11")
+    session.install(*CONSTRAINTS, "-e", ".", "mypy", "numpy")
     session.run("mypy")
 
 

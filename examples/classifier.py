@@ -10,6 +10,7 @@ differentiates it, and the update is a tree map: no ``nn.Module`` state, no ``to
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 
@@ -24,7 +25,7 @@ Params = dict[str, torch.Tensor]
 def init_params(sizes: list[int], generator: torch.Generator) -> Params:
     """He-initialised weights and zero biases for an MLP with the given layer sizes."""
     params = {}
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         params[f"w{i}"] = torch.randn(n_in, n_out, generator=generator) * math.sqrt(2.0 / n_in)
         params[f"b{i}"] = torch.zeros(n_out)
     return params
