@@ -207,8 +207,10 @@ def register_dataclass(
 
     Args:
         cls: the dataclass (omit it to use ``register_dataclass(...)`` as a decorator factory).
-        data_fields: names of the data fields, overriding the ``static`` metadata.
-        meta_fields: names of the meta fields, overriding the ``static`` metadata.
+        data_fields: names of the data fields, overriding the ``static`` metadata. Given
+            alone, every other field is a meta field.
+        meta_fields: names of the meta fields, overriding the ``static`` metadata. Given
+            alone, every other field is a data field.
 
     >>> import dataclasses, torch
     >>> @register_dataclass
@@ -236,19 +238,34 @@ def register_dataclass(
         meta = tuple(f.name for f in fields if f.metadata.get("static", False))
         data = tuple(f.name for f in fields if not f.metadata.get("static", False))
     else:
-        data = tuple(data_fields or ())
-        meta = tuple(meta_fields or ())
-        unknown = sorted(set(data + meta) - set(names))
+        given = tuple(data_fields or ()) + tuple(meta_fields or ())
+        unknown = sorted(set(given) - set(names))
         if unknown:
             raise ValueError(
                 f"funcgrad.tree.register_dataclass: {cls.__name__} has no fields {unknown}; "
                 f"its fields are {names}."
             )
+        # One list given: the other role goes to the remaining fields, in declaration order.
+        if meta_fields is None:
+            data = tuple(data_fields or ())
+            meta = tuple(n for n in names if n not in data)
+        elif data_fields is None:
+            meta = tuple(meta_fields)
+            data = tuple(n for n in names if n not in meta)
+        else:
+            data, meta = tuple(data_fields), tuple(meta_fields)
         overlap = sorted(set(data) & set(meta))
         if overlap:
             raise ValueError(
                 f"funcgrad.tree.register_dataclass: fields {overlap} of {cls.__name__} are listed "
                 "as both data_fields and meta_fields; give each field one role."
+            )
+        missing = [n for n in names if n not in data and n not in meta]
+        if missing:
+            raise ValueError(
+                f"funcgrad.tree.register_dataclass: fields {missing} of {cls.__name__} are in "
+                "neither data_fields nor meta_fields; every field needs a role (or pass only "
+                "one of the two lists and the other gets the remaining fields)."
             )
 
     def flatten_fn(obj: Any) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[str, ...]]:
@@ -406,6 +423,13 @@ def dot(a: PyTree, b: PyTree) -> torch.Tensor:
     tensor(11.)
     """
     la, lb, _ = _zip_tensor_leaves("dot", a, b)
+    for i, (x, y) in enumerate(zip(la, lb)):
+        if x.shape != y.shape:
+            path = optree.tree_accessors(a, namespace=NAMESPACE)[i].codify("tree")
+            raise ValueError(
+                f"funcgrad.tree.dot: the leaves at {path} have different shapes, "
+                f"{tuple(x.shape)} and {tuple(y.shape)}; dot needs matching shapes."
+            )
     terms = [(x.conj() * y).sum() for x, y in zip(la, lb)]
     if not terms:
         return torch.zeros(())
@@ -431,6 +455,12 @@ def norm(tree: PyTree, ord: float = 2, *, squared: bool = False) -> torch.Tensor
         raise ValueError(f"funcgrad.tree.norm: ord must be 1, 2 or math.inf, got {ord!r}.")
     if squared and ord != 2:
         raise ValueError(f"funcgrad.tree.norm: squared=True needs ord=2, got ord={ord!r}.")
+    # Integer leaves are measured in the default floating dtype; empty leaves add nothing.
+    leaves_ = [
+        x if x.is_floating_point() or x.is_complex() else x.to(torch.get_default_dtype())
+        for x in leaves_
+        if x.numel() > 0
+    ]
     if not leaves_:
         return torch.zeros(())
     if ord == 2:
