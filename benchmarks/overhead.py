@@ -35,9 +35,7 @@ def _time_per_call(fn: Callable[[], Any], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def compare(
-    candidates: dict[str, Callable[[], Any]], rounds: int, calls: int
-) -> dict[str, float]:
+def compare(candidates: dict[str, Callable[[], Any]], rounds: int, calls: int) -> dict[str, float]:
     """Median seconds per call of each candidate, timed in interleaved rounds."""
     for fn in candidates.values():  # warm up (first-call costs, lazy imports)
         for _ in range(3):
@@ -159,7 +157,9 @@ def main() -> None:
         f"torch {torch.__version__}, {rounds} rounds, median per call, torch threads 1"
     )
     print()
-    print("| case | transform | funcgrad (µs) | torch.func (µs) | ratio | target | JAX eager (µs) |")
+    print(
+        "| case | transform | funcgrad (µs) | torch.func (µs) | ratio | target | JAX eager (µs) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for case, (build, calls, target) in {
         "(a) tiny fn, 1 tensor": (tiny_case, 200, 1.25),

@@ -205,19 +205,31 @@ def check_scalar_output(name: str, out: Any, has_aux: bool) -> None:
     )
 
 
-def flatten_output(name: str, out: Any, what: str = "output") -> tuple[list[Any], Any]:
-    """Flattens a function output whose leaves must all be tensors."""
+def flatten_output(
+    name: str, out: Any, what: str = "output", *, floating: bool = False
+) -> tuple[list[Any], Any]:
+    """Flattens a function output whose leaves must all be (floating-point) tensors."""
     leaves, treedef = optree.tree_flatten(out, namespace=NAMESPACE)
     for x in leaves:
-        if not isinstance(x, torch.Tensor):
-            for path, y in zip(leaf_paths(out, what), leaves):
-                if not isinstance(y, torch.Tensor):
-                    raise TypeError(
-                        f"funcgrad.{name}: every leaf of the function's {what} must be a tensor, "
-                        f"but the leaf at {path} is {describe(y)}. Return torch tensors "
-                        "(torch.as_tensor), or move non-tensor values into aux with has_aux=True."
-                    )
+        if not isinstance(x, torch.Tensor) or (floating and not x.is_floating_point()):
+            _bad_output(name, out, leaves, what, floating)
     return leaves, treedef
+
+
+def _bad_output(name: str, out: Any, leaves: list[Any], what: str, floating: bool) -> None:
+    for path, y in zip(leaf_paths(out, what), leaves):
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(
+                f"funcgrad.{name}: every leaf of the function's {what} must be a tensor, "
+                f"but the leaf at {path} is {describe(y)}. Return torch tensors "
+                "(torch.as_tensor), or move non-tensor values into aux with has_aux=True."
+            )
+        if floating and not y.is_floating_point():
+            raise TypeError(
+                f"funcgrad.{name}: every leaf of the function's {what} must be a "
+                f"floating-point tensor to be differentiated, but the leaf at {path} is "
+                f"{describe(y)}. Cast it (e.g. .float()), or move it into aux with has_aux=True."
+            )
 
 
 class Box:

@@ -50,7 +50,12 @@ def _flat_problem(
         if has_aux:
             out, aux_tree = _api_util.split_aux(name, out)
             aux = _api_util.pack_aux(aux_tree, box)
-        out_leaves, out_def = _api_util.flatten_output(name, out)
+        out_leaves, out_def = _api_util.flatten_output(name, out, floating=True)
+        if not out_leaves:
+            raise ValueError(
+                f"funcgrad.{name}: the function returned no tensors (its output is {out_def}); "
+                "there is no Jacobian to compute."
+            )
         cell.append(out_def)
         return tuple(out_leaves), aux
 
@@ -97,11 +102,20 @@ def jacrev(
     >>> jac["b"]
     tensor([1., 2.])
     """
-    name = "jacrev"
-    _api_util.check_callable(fun, name)
-    nums, single = _api_util.argnums_spec(argnums, name)
-    _api_util.check_chunk_size(name, chunk_size)
+    _api_util.check_callable(fun, "jacrev")
+    nums, single = _api_util.argnums_spec(argnums, "jacrev")
+    _api_util.check_chunk_size("jacrev", chunk_size)
+    return _jacrev(fun, nums, single, has_aux, chunk_size, "jacrev")
 
+
+def _jacrev(
+    fun: Callable[..., Any],
+    nums: tuple[int, ...],
+    single: bool,
+    has_aux: bool,
+    chunk_size: int | None,
+    name: str,
+) -> Callable[..., Any]:
     @functools.wraps(fun)
     def jacrev_fun(*args: Any, **kwargs: Any) -> Any:
         cell: list[Any] = []
@@ -167,11 +181,20 @@ def jacfwd(
     tensor([[2., 0.],
             [0., 4.]])
     """
-    name = "jacfwd"
-    _api_util.check_callable(fun, name)
-    nums, single = _api_util.argnums_spec(argnums, name)
-    _api_util.check_chunk_size(name, chunk_size)
+    _api_util.check_callable(fun, "jacfwd")
+    nums, single = _api_util.argnums_spec(argnums, "jacfwd")
+    _api_util.check_chunk_size("jacfwd", chunk_size)
+    return _jacfwd(fun, nums, single, has_aux, chunk_size, "jacfwd")
 
+
+def _jacfwd(
+    fun: Callable[..., Any],
+    nums: tuple[int, ...],
+    single: bool,
+    has_aux: bool,
+    chunk_size: int | None,
+    name: str,
+) -> Callable[..., Any]:
     @functools.wraps(fun)
     def jacfwd_fun(*args: Any, **kwargs: Any) -> Any:
         cell: list[Any] = []
@@ -215,6 +238,8 @@ def hessian(
     >>> H["x"]["y"]
     tensor([2., 4.])
     """
-    _api_util.check_callable(fun, "hessian")
-    inner = jacrev(fun, argnums, has_aux=has_aux)
-    return functools.wraps(fun)(jacfwd(inner, argnums, has_aux=has_aux))
+    name = "hessian"
+    _api_util.check_callable(fun, name)
+    nums, single = _api_util.argnums_spec(argnums, name)
+    inner = _jacrev(fun, nums, single, has_aux, None, name)
+    return _jacfwd(inner, nums, single, has_aux, None, name)

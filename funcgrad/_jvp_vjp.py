@@ -49,7 +49,7 @@ def _flat_fun(
         if has_aux:
             out, aux_tree = _api_util.split_aux(name, out)
             aux = _api_util.pack_aux(aux_tree, box)
-        out_leaves, out_def = _api_util.flatten_output(name, out)
+        out_leaves, out_def = _api_util.flatten_output(name, out, floating=True)
         if not out_leaves:
             raise ValueError(
                 f"funcgrad.{name}: the function returned no tensors (its output is {out_def}); "

@@ -193,33 +193,22 @@ def vmap(
                 f"{size} along their mapped axes."
             )
         call = _Call(leaves, mapped_idx, treedef, n_pos, kw_def if kwargs else None)
-        if not mapped_idx:
-            out_leaves, o_axes = run((), call)
-            batched = tuple(
-                o.unsqueeze(0).expand((size, *o.shape))
-                for o, a in zip(out_leaves, o_axes)
-                if a is not None
-            )
-            unbatched = tuple(o for o, a in zip(out_leaves, o_axes) if a is None)
-        else:
-            call.bare = len(moved) == 1
-            mapped = moved[0] if call.bare else tuple(moved)
-            try:
-                if chunk_size is None or chunk_size >= size:
-                    batched, unbatched = batched_call(mapped, call)
-                else:
-                    batched, unbatched = _chunked(batched_call, mapped, call, size, chunk_size)
-            except ValueError as e:
-                if "when out_dim is None" not in str(e) or call.out is None:
-                    raise
-                _batched_none_output(name, *call.out)
+        if not moved:
+            # Nothing is mapped: an empty placeholder of the right size is, so that torch.func
+            # still applies `randomness` and broadcasts the outputs.
+            device = next((x.device for x in leaves if isinstance(x, torch.Tensor)), None)
+            moved.append(torch.empty((size, 0), device=device))
+        call.bare = len(moved) == 1
+        result = batched_fun(moved[0] if call.bare else tuple(moved), call)
+        batched = (result,) if isinstance(result, torch.Tensor) else result
         out_def, o_axes = call.out
-        return _assemble(name, out_def, o_axes, batched, unbatched)
+        return _assemble(name, out_def, o_axes, batched, call.unbatched)
 
-    def run(mapped: Any, call: _Call) -> tuple[list[torch.Tensor], list[int | None]]:
+    def run(mapped: Any, call: _Call) -> Any:
         full = list(call.leaves)
         if call.bare:
-            full[call.mapped_idx[0]] = mapped
+            if call.mapped_idx:
+                full[call.mapped_idx[0]] = mapped
         else:
             for i, x in zip(call.mapped_idx, mapped):
                 full[i] = x
@@ -229,39 +218,25 @@ def vmap(
         out_leaves, out_def = _api_util.flatten_output(name, out)
         o_axes = out_leaf_axes(out, out_def)
         call.out = (out_def, o_axes)
-        return out_leaves, o_axes
-
-    def run_all_batched(mapped: Any, call: _Call) -> Any:
-        out_leaves, _ = run(mapped, call)
+        if any_unbatched:
+            batched = [o for o, a in zip(out_leaves, o_axes) if a is not None]
+            call.unbatched = [o for o, a in zip(out_leaves, o_axes) if a is None]
+            _check_unbatched(name, out_def, o_axes, call.unbatched)
+            out_leaves = batched
         return out_leaves[0] if len(out_leaves) == 1 else tuple(out_leaves)
 
-    def run_split(mapped: Any, call: _Call) -> Any:
-        out_leaves, o_axes = run(mapped, call)
-        batched = tuple(o for o, a in zip(out_leaves, o_axes) if a is not None)
-        unbatched = tuple(o for o, a in zip(out_leaves, o_axes) if a is None)
-        return batched, unbatched
-
-    # NOTE [lean calls into torch.func] applies: both torch.func.vmap wrappers are built once and
-    # called with the mapped tensors (bare when there is one) and one opaque _Call. When out_axes
-    # has no None anywhere, every output is batched and torch.func sees plain out_dims=0.
-    all_batched = None not in optree.tree_leaves(out_axes, is_leaf=_is_none, namespace=NAMESPACE)
-    if all_batched:
-        vmap_all = torch.func.vmap(
-            run_all_batched, in_dims=(0, None), out_dims=0, randomness=randomness
-        )
-    else:
-        vmap_split = torch.func.vmap(
-            run_split,
-            in_dims=(0, None),
-            out_dims=(0, None),  # type: ignore[arg-type]  # a pytree prefix, as documented
-            randomness=randomness,
-        )
-
-    def batched_call(mapped: Any, call: _Call) -> tuple[tuple[torch.Tensor, ...], Any]:
-        if all_batched:
-            result = vmap_all(mapped, call)
-            return ((result,) if isinstance(result, torch.Tensor) else result), ()
-        return vmap_split(mapped, call)  # type: ignore[no-any-return]
+    # NOTE [lean calls into torch.func] applies: the torch.func.vmap wrapper is built once and
+    # called with the mapped tensors (bare when there is one) and one opaque _Call.
+    # NOTE [out_axes None]
+    # torch.func.vmap refuses out_dims=None for a tensor batched at *any* level, which breaks
+    # vmap(jacfwd(f)) (jacfwd maps with out_axes None for its primal output). Outputs with
+    # out_axes None therefore leave through the _Call, after a check that they are not batched
+    # at this vmap's own level; every output torch.func sees has out_dims=0. That also lets
+    # torch.func do the chunking, with its handling of randomness="same" across chunks.
+    any_unbatched = None in optree.tree_leaves(out_axes, is_leaf=_is_none, namespace=NAMESPACE)
+    batched_fun = torch.func.vmap(
+        run, in_dims=(0, None), out_dims=0, randomness=randomness, chunk_size=chunk_size
+    )
 
     return vmapped
 
@@ -269,7 +244,7 @@ def vmap(
 class _Call:
     """The unmapped context of one vmapped call, passed to torch.func as one opaque object."""
 
-    __slots__ = ("bare", "kw_def", "leaves", "mapped_idx", "n_pos", "out", "treedef")
+    __slots__ = ("bare", "kw_def", "leaves", "mapped_idx", "n_pos", "out", "treedef", "unbatched")
 
     def __init__(
         self, leaves: list[Any], mapped_idx: list[int], treedef: Any, n_pos: int, kw_def: Any
@@ -281,35 +256,26 @@ class _Call:
         self.kw_def = kw_def
         self.bare = False
         self.out: Any = None
+        self.unbatched: list[torch.Tensor] = []
 
 
-def _batched_none_output(name: str, out_def: Any, o_axes: Sequence[int | None]) -> None:
-    paths = _api_util.leaf_paths(out_def.unflatten([0] * len(o_axes)), "output")
-    none_paths = [p for p, a in zip(paths, o_axes) if a is None]
-    raise ValueError(
-        f"funcgrad.{name}: out_axes is None for the outputs at {', '.join(none_paths)}, but at "
-        "least one of them depends on the mapped axis. Give it an int out_axes, or make sure it "
-        "does not depend on the mapped arguments."
-    ) from None
-
-
-def _chunked(
-    batched_call: Callable[..., Any], mapped: Any, call: _Call, size: int, chunk_size: int
-) -> tuple[tuple[torch.Tensor, ...], Any]:
-    # NOTE [chunking in vmap]
-    # torch.func.vmap's own chunk_size cannot concatenate outputs with out_dims None (it calls
-    # torch.cat(dim=None)), so chunks are mapped here: one batched call per slice of the mapped
-    # axis, batched outputs concatenated, unbatched outputs taken from the first chunk.
-    results = []
-    for start in range(0, size, chunk_size):
-        length = min(chunk_size, size - start)
-        if call.bare:
-            piece = mapped.narrow(0, start, length)
-        else:
-            piece = tuple(m.narrow(0, start, length) for m in mapped)
-        results.append(batched_call(piece, call))
-    batched = tuple(torch.cat(parts) for parts in zip(*(r[0] for r in results)))
-    return batched, results[0][1]
+def _check_unbatched(
+    name: str, out_def: Any, o_axes: Sequence[int | None], unbatched: Sequence[torch.Tensor]
+) -> None:
+    """Outputs with out_axes None must not be batched at the current vmap level."""
+    level = torch._C._functorch.current_level()
+    for j, o in enumerate(unbatched):
+        if (
+            torch._C._functorch.is_batchedtensor(o)
+            and torch._C._functorch.maybe_get_level(o) == level
+        ):
+            paths = _api_util.leaf_paths(out_def.unflatten([0] * len(o_axes)), "output")
+            path = [p for p, a in zip(paths, o_axes) if a is None][j]
+            raise ValueError(
+                f"funcgrad.vmap: out_axes is None for the output at {path}, but it depends on "
+                "the mapped axis. Give it an int out_axes, or make sure it does not depend on "
+                "the mapped arguments."
+            )
 
 
 def _assemble(
@@ -328,9 +294,12 @@ def _assemble(
         x = next(it_b)
         if a != 0:
             if not -x.dim() <= a < x.dim():
+                i = len(result)
+                path = _api_util.leaf_paths(out_def.unflatten([0] * len(o_axes)), "output")[i]
                 raise ValueError(
-                    f"funcgrad.{name}: out_axes={a} is out of range for an output of "
-                    f"{x.dim() - 1} dimensions (valid: {-x.dim()} to {x.dim() - 1})."
+                    f"funcgrad.{name}: out_axes={a} is out of range for the output at {path}, "
+                    f"which has shape {tuple(x.shape[1:])} per example (valid out_axes: "
+                    f"{-x.dim()} to {x.dim() - 1})."
                 )
             x = x.movedim(0, a)
         result.append(x)
