@@ -8,7 +8,8 @@ from typing import Any
 
 import optree
 import torch
-import torch.func
+from torch._C._functorch import is_batchedtensor, maybe_get_level
+from torch._functorch import vmap as _functorch_vmap
 
 from . import _api_util
 from ._typing import AxisSpec
@@ -17,6 +18,18 @@ from .tree import NAMESPACE
 __all__ = ["vmap"]
 
 _RANDOMNESS = ("error", "different", "same")
+
+# functorch's batching primitives, as torch.func.vmap's implementation uses them: these names
+# are in torch._functorch.vmap's namespace in every torch this package supports (2.6 to 2.13;
+# newer releases import them there from torch._functorch.predispatch). NOTE [vmap on
+# functorch's primitives] below says why funcgrad does not go through torch.func.vmap.
+_add_batch_dim: Callable[[torch.Tensor, int, int], torch.Tensor]
+_add_batch_dim = _functorch_vmap._add_batch_dim  # type: ignore[attr-defined]
+_remove_batch_dim: Callable[[torch.Tensor, int, int, int], torch.Tensor]
+_remove_batch_dim = _functorch_vmap._remove_batch_dim  # type: ignore[attr-defined]
+lazy_load_decompositions: Callable[[], None]
+lazy_load_decompositions = _functorch_vmap.lazy_load_decompositions  # type: ignore[attr-defined]
+vmap_increment_nesting = _functorch_vmap.vmap_increment_nesting
 
 
 def _is_none(x: Any) -> bool:
@@ -160,25 +173,28 @@ def vmap(
         leaves, treedef = optree.tree_flatten(args, namespace=NAMESPACE)  # type: ignore[arg-type]
         axes = in_leaf_axes(args, treedef)
         n_pos = len(leaves)
+        kw_def = None
         if kwargs:
             kw_leaves: list[Any]
             kw_leaves, kw_def = optree.tree_flatten(kwargs, namespace=NAMESPACE)  # type: ignore[arg-type]
             leaves = leaves + kw_leaves
             axes = axes + [0 if isinstance(x, torch.Tensor) else None for x in kw_leaves]
         mapped_idx: list[int] = []
-        moved: list[torch.Tensor] = []
+        mapped: list[torch.Tensor] = []
+        dims: list[int] = []
         size = None
         for i, (x, a) in enumerate(zip(leaves, axes)):
             if a is None:
                 continue
             if not isinstance(x, torch.Tensor) or not -x.dim() <= a < x.dim():
-                _bad_in_axis(name, args, kwargs, i, n_pos, x, a)
+                _bad_in_axis(name, args, kwargs, i, x, a)
             if size is None:
                 size = x.shape[a]
             elif x.shape[a] != size:
-                _size_mismatch(name, args, kwargs, leaves, axes, n_pos)
+                _size_mismatch(name, args, kwargs, leaves, axes)
             mapped_idx.append(i)
-            moved.append(x if a == 0 else x.movedim(a, 0))
+            mapped.append(x)
+            dims.append(a % x.dim())
         if size is None:
             if axis_size is None:
                 raise ValueError(
@@ -187,132 +203,136 @@ def vmap(
                     "unknown. Pass axis_size=..., or map an argument."
                 )
             size = axis_size
+            # An empty placeholder is mapped, so that `randomness` still applies.
+            device = next((x.device for x in leaves if isinstance(x, torch.Tensor)), None)
+            mapped.append(torch.empty((size, 0), device=device))
+            dims.append(0)
         elif axis_size is not None and axis_size != size:
             raise ValueError(
                 f"funcgrad.{name}: axis_size={axis_size} but the mapped arguments have size "
                 f"{size} along their mapped axes."
             )
-        call = _Call(leaves, mapped_idx, treedef, n_pos, kw_def if kwargs else None)
-        if not moved:
-            # Nothing is mapped: an empty placeholder of the right size is, so that torch.func
-            # still applies `randomness` and broadcasts the outputs.
-            device = next((x.device for x in leaves if isinstance(x, torch.Tensor)), None)
-            moved.append(torch.empty((size, 0), device=device))
-        call.bare = len(moved) == 1
-        result = batched_fun(moved[0] if call.bare else tuple(moved), call)
-        batched = (result,) if isinstance(result, torch.Tensor) else result
-        out_def, o_axes = call.out
-        return _assemble(name, out_def, o_axes, batched, call.unbatched)
 
-    def run(mapped: Any, call: _Call) -> Any:
-        full = list(call.leaves)
-        if call.bare:
-            if call.mapped_idx:
-                full[call.mapped_idx[0]] = mapped
-        else:
-            for i, x in zip(call.mapped_idx, mapped):
+        def run(batched: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any, list[int | None]]:
+            full = list(leaves)
+            for i, x in zip(mapped_idx, batched):
                 full[i] = x
-        call_args = call.treedef.unflatten(full[: call.n_pos])
-        call_kwargs = {} if call.kw_def is None else call.kw_def.unflatten(full[call.n_pos :])
-        out = fun(*call_args, **call_kwargs)
-        out_leaves, out_def = _api_util.flatten_output(name, out)
-        o_axes = out_leaf_axes(out, out_def)
-        call.out = (out_def, o_axes)
-        if any_unbatched:
-            batched = [o for o, a in zip(out_leaves, o_axes) if a is not None]
-            call.unbatched = [o for o, a in zip(out_leaves, o_axes) if a is None]
-            _check_unbatched(name, out_def, o_axes, call.unbatched)
-            out_leaves = batched
-        return out_leaves[0] if len(out_leaves) == 1 else tuple(out_leaves)
+            call_args = treedef.unflatten(full[:n_pos])
+            call_kwargs: Any = {} if kw_def is None else kw_def.unflatten(full[n_pos:])
+            out = fun(*call_args, **call_kwargs)
+            out_leaves, out_def = _api_util.flatten_output(name, out)
+            return out_leaves, out_def, out_leaf_axes(out, out_def)
 
-    # NOTE [lean calls into torch.func] applies: the torch.func.vmap wrapper is built once and
-    # called with the mapped tensors (bare when there is one) and one opaque _Call.
-    # NOTE [out_axes None]
-    # torch.func.vmap refuses out_dims=None for a tensor batched at *any* level, which breaks
-    # vmap(jacfwd(f)) (jacfwd maps with out_axes None for its primal output). Outputs with
-    # out_axes None therefore leave through the _Call, after a check that they are not batched
-    # at this vmap's own level; every output torch.func sees has out_dims=0. That also lets
-    # torch.func do the chunking, with its handling of randomness="same" across chunks.
-    any_unbatched = None in optree.tree_leaves(out_axes, is_leaf=_is_none, namespace=NAMESPACE)
-    batched_fun = torch.func.vmap(
-        run, in_dims=(0, None), out_dims=0, randomness=randomness, chunk_size=chunk_size
-    )
+        if chunk_size is None or chunk_size >= size:
+            out_leaves, out_def, _ = _batched_call(run, mapped, dims, size, randomness)
+        else:
+            out_leaves, out_def, _ = _chunked_call(run, mapped, dims, size, chunk_size, randomness)
+        return out_def.unflatten(out_leaves)
 
     return vmapped
 
 
-class _Call:
-    """The unmapped context of one vmapped call, passed to torch.func as one opaque object."""
-
-    __slots__ = ("bare", "kw_def", "leaves", "mapped_idx", "n_pos", "out", "treedef", "unbatched")
-
-    def __init__(
-        self, leaves: list[Any], mapped_idx: list[int], treedef: Any, n_pos: int, kw_def: Any
-    ) -> None:
-        self.leaves = leaves
-        self.mapped_idx = mapped_idx
-        self.treedef = treedef
-        self.n_pos = n_pos
-        self.kw_def = kw_def
-        self.bare = False
-        self.out: Any = None
-        self.unbatched: list[torch.Tensor] = []
+# NOTE [vmap on functorch's primitives]
+# funcgrad.vmap drives functorch's batching primitives itself (increment the vmap level, add a
+# batch dimension to each mapped tensor, run, remove it from each output), exactly the steps of
+# torch.func.vmap's implementation, but on optree-flattened leaves. Going through the public
+# torch.func.vmap instead costs a second, much slower flattening of inputs and outputs with
+# torch's Python pytree (about 40% on a tiny function) and gets out_axes=None wrong when an
+# output is batched at an *outer* level only: torch rejects it, which breaks vmap(jacfwd(f)).
+# Here in_axes/out_axes go straight to _add_batch_dim/_remove_batch_dim (no movedim), and an
+# output with out_axes None is only refused when it is batched at this vmap's own level.
 
 
-def _check_unbatched(
-    name: str, out_def: Any, o_axes: Sequence[int | None], unbatched: Sequence[torch.Tensor]
-) -> None:
-    """Outputs with out_axes None must not be batched at the current vmap level."""
-    level = torch._C._functorch.current_level()
-    for j, o in enumerate(unbatched):
-        if (
-            torch._C._functorch.is_batchedtensor(o)
-            and torch._C._functorch.maybe_get_level(o) == level
-        ):
-            paths = _api_util.leaf_paths(out_def.unflatten([0] * len(o_axes)), "output")
-            path = [p for p, a in zip(paths, o_axes) if a is None][j]
-            raise ValueError(
-                f"funcgrad.vmap: out_axes is None for the output at {path}, but it depends on "
-                "the mapped axis. Give it an int out_axes, or make sure it does not depend on "
-                "the mapped arguments."
-            )
+def _batched_call(
+    run: Callable[[list[torch.Tensor]], tuple[list[torch.Tensor], Any, list[int | None]]],
+    mapped: Sequence[torch.Tensor],
+    dims: Sequence[int],
+    size: int,
+    randomness: str,
+) -> tuple[list[torch.Tensor], Any, list[int | None]]:
+    lazy_load_decompositions()
+    with vmap_increment_nesting(size, randomness) as level:
+        out_leaves, out_def, o_axes = run(
+            [_add_batch_dim(x, d, level) for x, d in zip(mapped, dims)]
+        )
+        result = []
+        for i, (o, a) in enumerate(zip(out_leaves, o_axes)):
+            batched = is_batchedtensor(o) and maybe_get_level(o) == level
+            if a is None:
+                if batched:
+                    _batched_none_output(out_def, o_axes, i)
+                result.append(o)
+                continue
+            rank = o.dim()  # the rank of one example: the batch dimension is hidden here
+            if not -rank - 1 <= a <= rank:
+                _out_axis_out_of_range(out_def, o_axes, i, a, o)
+            a %= rank + 1
+            if batched:
+                result.append(_remove_batch_dim(o, level, size, a))
+            else:  # broadcast (torch's _remove_batch_dim mis-expands these when a != 0)
+                result.append(o.unsqueeze(a).expand((*o.shape[:a], size, *o.shape[a:])))
+    return result, out_def, o_axes
 
 
-def _assemble(
-    name: str,
-    out_def: Any,
-    o_axes: Sequence[int | None],
-    batched: Sequence[torch.Tensor],
-    unbatched: Sequence[torch.Tensor],
-) -> Any:
-    it_b, it_u = iter(batched), iter(unbatched)
-    result = []
-    for a in o_axes:
+def _chunked_call(
+    run: Callable[[list[torch.Tensor]], tuple[list[torch.Tensor], Any, list[int | None]]],
+    mapped: Sequence[torch.Tensor],
+    dims: Sequence[int],
+    size: int,
+    chunk_size: int,
+    randomness: str,
+) -> tuple[list[torch.Tensor], Any, list[int | None]]:
+    # As torch.func.vmap does: with randomness="same", every chunk starts from one RNG state.
+    cpu_state = torch.get_rng_state() if randomness == "same" else None
+    same_cuda = randomness == "same" and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    cuda_state = torch.cuda.get_rng_state_all() if same_cuda else None
+    chunks = []
+    for start in range(0, size, chunk_size):
+        if cpu_state is not None:
+            torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+        length = min(chunk_size, size - start)
+        pieces = [x.narrow(d, start, length) for x, d in zip(mapped, dims)]
+        chunks.append(_batched_call(run, pieces, dims, length, randomness))
+    _, out_def, o_axes = chunks[-1]
+    out_leaves = []
+    for i, a in enumerate(o_axes):
+        parts = [c[0][i] for c in chunks]
         if a is None:
-            result.append(next(it_u))
-            continue
-        x = next(it_b)
-        if a != 0:
-            if not -x.dim() <= a < x.dim():
-                i = len(result)
-                path = _api_util.leaf_paths(out_def.unflatten([0] * len(o_axes)), "output")[i]
-                raise ValueError(
-                    f"funcgrad.{name}: out_axes={a} is out of range for the output at {path}, "
-                    f"which has shape {tuple(x.shape[1:])} per example (valid out_axes: "
-                    f"{-x.dim()} to {x.dim() - 1})."
-                )
-            x = x.movedim(0, a)
-        result.append(x)
-    return out_def.unflatten(result)
+            out_leaves.append(parts[0])
+        else:
+            out_leaves.append(torch.cat(parts, dim=a % parts[0].dim()))
+    return out_leaves, out_def, o_axes
+
+
+def _output_path(out_def: Any, n: int, i: int) -> str:
+    return _api_util.leaf_paths(out_def.unflatten([0] * n), "output")[i]
+
+
+def _batched_none_output(out_def: Any, o_axes: Sequence[int | None], i: int) -> None:
+    raise ValueError(
+        f"funcgrad.vmap: out_axes is None for the output at {_output_path(out_def, len(o_axes), i)}, "
+        "but it depends on the mapped axis. Give it an int out_axes, or make sure it does not "
+        "depend on the mapped arguments."
+    )
+
+
+def _out_axis_out_of_range(
+    out_def: Any, o_axes: Sequence[int | None], i: int, a: int, o: torch.Tensor
+) -> None:
+    raise ValueError(
+        f"funcgrad.vmap: out_axes={a} is out of range for the output at "
+        f"{_output_path(out_def, len(o_axes), i)}, which has shape {tuple(o.shape)} per example "
+        f"(valid out_axes: {-o.dim() - 1} to {o.dim()})."
+    )
 
 
 def _in_paths(args: Any, kwargs: dict[str, Any]) -> list[str]:
     return _api_util.leaf_paths(args, "args") + _api_util.leaf_paths(kwargs, "kwargs")
 
 
-def _bad_in_axis(
-    name: str, args: Any, kwargs: dict[str, Any], i: int, n_pos: int, x: Any, a: int
-) -> None:
+def _bad_in_axis(name: str, args: Any, kwargs: dict[str, Any], i: int, x: Any, a: int) -> None:
     path = _in_paths(args, kwargs)[i]
     if not isinstance(x, torch.Tensor):
         raise TypeError(
@@ -332,7 +352,6 @@ def _size_mismatch(
     kwargs: dict[str, Any],
     leaves: Sequence[Any],
     axes: Sequence[int | None],
-    n_pos: int,
 ) -> None:
     paths = _in_paths(args, kwargs)
     sizes = [
