@@ -151,6 +151,17 @@ def _jax_dict(n: int) -> dict[str, Callable[[], Any]] | None:
     }
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=41, help="interleaved timing rounds")
@@ -160,8 +171,8 @@ def main() -> None:
     torch.set_num_threads(1)
     print(
         f"# funcgrad overhead over torch.func — {datetime.date.today()}, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {rounds} rounds, median per call, torch threads 1"
+        f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{rounds} rounds, median per call, torch threads 1"
     )
     print()
     print(
