@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import optree
@@ -230,6 +231,65 @@ def _bad_output(name: str, out: Any, leaves: list[Any], what: str, floating: boo
                 f"floating-point tensor to be differentiated, but the leaf at {path} is "
                 f"{describe(y)}. Cast it (e.g. .float()), or move it into aux with has_aux=True."
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Purity
+# --------------------------------------------------------------------------------------------
+
+#: torch's message when a function writes into a tensor that torch.func differentiates.
+_LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
+
+
+def versions(leaves: Sequence[Any]) -> list[int]:
+    """Version counters of the tensor leaves (-1 for other leaves), to detect in-place writes."""
+    return [x._version if isinstance(x, torch.Tensor) else -1 for x in leaves]
+
+
+def first_mutated(leaves: Sequence[Any], before: Sequence[int]) -> int | None:
+    for i, (x, v) in enumerate(zip(leaves, before)):
+        if v != -1 and x._version != v:
+            return i
+    return None
+
+
+def purity_error(name: str, path: str | None = None) -> RuntimeError:
+    """The error for a transformed function that writes into one of its inputs."""
+    if path is None:
+        what = "a differentiated input in place"
+    else:
+        what = f"its input at {path} in place, so the caller's tensor has changed"
+    return RuntimeError(
+        f"funcgrad.{name}: the function modified {what} (an operation such as x.mul_(...) or "
+        "x[i] = ...). Transformed functions must be pure: compute a new tensor instead "
+        "(x = x * 2, x.index_put(...))."
+    )
+
+
+def is_in_place_on_input(error: RuntimeError) -> bool:
+    """Whether torch.func refused an in-place write into a differentiated input."""
+    return _LEAF_IN_PLACE in str(error)
+
+
+@contextlib.contextmanager
+def pure_call(name: str, leaves: Sequence[Any], paths: Callable[[], list[str]]) -> Iterator[None]:
+    """Turns in-place writes into ``leaves`` during the block into funcgrad's purity error.
+
+    ``paths`` gives the leaves' readable paths (only called when there is an error).
+    """
+    before = versions(leaves)
+    try:
+        yield
+    except RuntimeError as e:
+        if is_in_place_on_input(e):
+            raise purity_error(name) from None
+        i = first_mutated(leaves, before)
+        if i is not None:  # e.g. an inner vmap refused a write into a tangent built from these
+            raise purity_error(name, paths()[i]) from None
+        raise
+    i = first_mutated(leaves, before)
+    if i is not None:
+        raise purity_error(name, paths()[i])
 
 
 class Box:

@@ -140,7 +140,12 @@ def _value_and_grad(
         _api_util.check_differentiable(name, leaves, args, positions, hint)
         call = _Call(args, kwargs, treedef, positions)
         call.bare = len(leaves) == 1
-        grads, value = torch_value_and_grad(leaves[0] if call.bare else tuple(leaves), call)
+        try:
+            grads, value = torch_value_and_grad(leaves[0] if call.bare else tuple(leaves), call)
+        except RuntimeError as e:
+            if _api_util.is_in_place_on_input(e):
+                raise _api_util.purity_error(name) from None
+            raise
         g = treedef.unflatten((grads,) if call.bare else grads)
         if single:
             g = g[0]

@@ -62,6 +62,11 @@ def _flat_problem(
     return leaves, treedef, flat_fun
 
 
+def _arg_paths(args: tuple[Any, ...], nums: tuple[int, ...]) -> list[str]:
+    positions = _api_util.resolve_argnums(nums, len(args), "jacobian")
+    return _api_util.flatten_args_with_paths(args, positions)[1]
+
+
 def _assemble(
     out_def: Any, blocks: Sequence[Sequence[torch.Tensor]], treedef: Any, single: bool
 ) -> Any:
@@ -121,9 +126,10 @@ def _jacrev(
         cell: list[Any] = []
         box = _api_util.Box()
         leaves, treedef, flat_fun = _flat_problem(name, fun, nums, has_aux, args, kwargs, cell, box)
-        jac, aux = torch.func.jacrev(
-            flat_fun, argnums=tuple(range(len(leaves))), has_aux=True, chunk_size=chunk_size
-        )(*leaves)
+        with _api_util.pure_call(name, leaves, lambda: _arg_paths(args, nums)):
+            jac, aux = torch.func.jacrev(
+                flat_fun, argnums=tuple(range(len(leaves))), has_aux=True, chunk_size=chunk_size
+            )(*leaves)
         result = _assemble(cell[-1], jac, treedef, single)
         return (result, _api_util.unpack_aux(box, aux)) if has_aux else result
 
@@ -213,7 +219,8 @@ def _jacfwd(
             jac_rows = tuple(o.new_zeros((0, *o.shape)) for o in out)
         else:
             # The primal output and aux do not depend on the tangents: out_dims None.
-            jac_rows, (out, aux) = vmap(push, out_axes=(0, None), chunk_size=chunk_size)(*basis)
+            with _api_util.pure_call(name, leaves, lambda: _arg_paths(args, nums)):
+                jac_rows, (out, aux) = vmap(push, out_axes=(0, None), chunk_size=chunk_size)(*basis)
         blocks = [_split_columns(j, o.shape, leaves) for j, o in zip(jac_rows, out)]
         result = _assemble(cell[-1], blocks, treedef, single)
         return (result, _api_util.unpack_aux(box, aux)) if has_aux else result

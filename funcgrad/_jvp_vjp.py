@@ -29,6 +29,10 @@ def _flat_primals(name: str, primals: Sequence[Any]) -> tuple[list[torch.Tensor]
     return leaves, treedef
 
 
+def _primal_paths(primals: Sequence[Any]) -> list[str]:
+    return _api_util.flatten_args_with_paths(primals, range(len(primals)), "primals")[1]
+
+
 def _flat_fun(
     name: str,
     fun: Callable[..., Any],
@@ -104,9 +108,10 @@ def jvp(
     cell: list[Any] = []
     box = _api_util.Box()
     flat_fun = _flat_fun(name, fun, treedef, has_aux, cell, box)
-    out, t_out, aux = torch.func.jvp(  # type: ignore[misc]
-        flat_fun, tuple(leaves), tuple(t_leaves), has_aux=True
-    )
+    with _api_util.pure_call(name, leaves, lambda: _primal_paths(primals)):
+        out, t_out, aux = torch.func.jvp(  # type: ignore[misc]
+            flat_fun, tuple(leaves), tuple(t_leaves), has_aux=True
+        )
     out_def = cell[-1]
     result = (out_def.unflatten(out), out_def.unflatten(t_out))
     return (*result, _api_util.unpack_aux(box, aux)) if has_aux else result
@@ -152,7 +157,8 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
     cell: list[Any] = []
     box = _api_util.Box()
     flat_fun = _flat_fun(name, fun, treedef, has_aux, cell, box)
-    out, torch_vjp_fn, aux = torch.func.vjp(flat_fun, *leaves, has_aux=True)  # type: ignore[misc]
+    with _api_util.pure_call(name, leaves, lambda: _primal_paths(primals)):
+        out, torch_vjp_fn, aux = torch.func.vjp(flat_fun, *leaves, has_aux=True)  # type: ignore[misc]
     out_def = cell[-1]
 
     def vjp_fn(cotangent: Any) -> tuple[Any, ...]:
@@ -196,7 +202,8 @@ def linearize(fun: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[...
     leaves, treedef = _flat_primals(name, primals)
     cell: list[Any] = []
     flat_fun = _flat_fun(name, fun, treedef, False, cell, _api_util.Box())
-    out, torch_vjp_fn, _ = torch.func.vjp(flat_fun, *leaves, has_aux=True)  # type: ignore[misc]
+    with _api_util.pure_call(name, leaves, lambda: _primal_paths(primals)):
+        out, torch_vjp_fn, _ = torch.func.vjp(flat_fun, *leaves, has_aux=True)  # type: ignore[misc]
     out_def = cell[-1]
     zeros = tuple(torch.zeros_like(o) for o in out)
     _, transposed = torch.func.vjp(lambda *u: torch_vjp_fn(u), *zeros)  # type: ignore[misc]

@@ -223,10 +223,14 @@ def vmap(
             out_leaves, out_def = _api_util.flatten_output(name, out)
             return out_leaves, out_def, out_leaf_axes(out, out_def)
 
+        versions = _api_util.versions(leaves)
         if chunk_size is None or chunk_size >= size:
             out_leaves, out_def, _ = _batched_call(run, mapped, dims, size, randomness)
         else:
             out_leaves, out_def, _ = _chunked_call(run, mapped, dims, size, chunk_size, randomness)
+        mutated = _api_util.first_mutated(leaves, versions)
+        if mutated is not None:
+            raise _api_util.purity_error(name, _in_paths(args, kwargs)[mutated])
         return out_def.unflatten(out_leaves)
 
     return vmapped

@@ -617,3 +617,21 @@ def test_error_not_callable(transform):
     """A non-callable is rejected when the transform is created."""
     with pytest.raises(TypeError, match=r"expected a callable as its first argument, got int"):
         transform(3)
+
+
+@pytest.mark.parametrize("transform", [fg.grad, fg.value_and_grad])
+def test_in_place_write_into_a_differentiated_input_is_an_error(transform: Any) -> None:
+    """Writing into a differentiated input is refused with funcgrad's purity error."""
+    x = torch.ones(3, dtype=torch.float64)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2)
+        return x.sum()
+
+    with pytest.raises(
+        RuntimeError,
+        match=rf"funcgrad\.{transform.__name__}: the function modified a differentiated input "
+        r"in place .* must be pure",
+    ):
+        transform(f)(x)
+    assert torch.equal(x, torch.ones(3, dtype=torch.float64))

@@ -527,3 +527,22 @@ def test_has_aux_needs_a_pair(name: str, returned: Any, got: str) -> None:
         TypeError, match=rf"funcgrad\.{name}: with has_aux=True .* pair \(output, aux\), .*{got}"
     ):
         getattr(fg, name)(returned, has_aux=True)(t(3))
+
+
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [
+        ("jacrev", "a differentiated input"),
+        ("jacfwd", r"its input at args\[0\] in place, so the caller's tensor has changed"),
+        ("hessian", "a differentiated input"),
+    ],
+)
+def test_in_place_write_into_an_input_is_an_error(name: str, where: str) -> None:
+    """Every Jacobian transform names itself when the function writes into its input."""
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2)
+        return x.sum() if name == "hessian" else x
+
+    with pytest.raises(RuntimeError, match=rf"funcgrad\.{name}: the function modified {where}"):
+        getattr(fg, name)(f)(torch.ones(3, dtype=torch.float64))

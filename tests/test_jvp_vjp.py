@@ -622,3 +622,30 @@ def test_error_not_callable(call, name):
     """A non-callable is rejected with its type."""
     with pytest.raises(TypeError, match=rf"funcgrad\.{name}: expected a callable"):
         call()
+
+
+def _doubles_in_place(x: torch.Tensor) -> torch.Tensor:
+    x.mul_(2)
+    return x
+
+
+def test_jvp_in_place_write_into_a_primal_is_an_error() -> None:
+    """jvp cannot stop the write, but it names the primal and fails loudly."""
+    x = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(
+        RuntimeError,
+        match=r"funcgrad\.jvp: the function modified its input at primals\[0\] in place, so the "
+        r"caller's tensor has changed",
+    ):
+        fg.jvp(_doubles_in_place, (x,), (torch.ones_like(x),))
+
+
+@pytest.mark.parametrize("name", ["vjp", "linearize"])
+def test_reverse_in_place_write_into_a_primal_is_an_error(name: str) -> None:
+    """vjp and linearize refuse the write before it happens."""
+    x = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(
+        RuntimeError, match=rf"funcgrad\.{name}: the function modified a differentiated input"
+    ):
+        getattr(fg, name)(_doubles_in_place, x)
+    assert torch.equal(x, torch.ones(3, dtype=torch.float64))

@@ -719,3 +719,33 @@ def test_non_tensor_output(in_axes: Any) -> None:
         r"output\[1\]\['n'\] is int 3",
     ):
         fg.vmap(lambda x: (x, {"n": 3}), in_axes=in_axes, axis_size=4)(t(4))
+
+
+@pytest.mark.parametrize("in_axes", [0, None])
+def test_in_place_mutation_of_an_input_is_an_error(in_axes: int | None) -> None:
+    """A function that writes into its (mapped or unmapped) input raises instead of passing."""
+    x = t(4, 3)
+    before = x.clone()
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2)
+        return x.sum()
+
+    with pytest.raises(
+        RuntimeError, match=r"funcgrad\.vmap: the function modified its input at args\[0\] in place"
+    ):
+        fg.vmap(f, in_axes=in_axes, axis_size=4)(x)
+    # The error cannot undo the write; it makes it loud.
+    assert torch.equal(x, before * 2)
+
+
+def test_in_place_on_a_local_copy_is_fine() -> None:
+    """In-place operations on tensors the function created itself are allowed."""
+    x = t(4, 3)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        y.mul_(2)
+        return y
+
+    assert_trees_allclose(fg.vmap(f)(x), x * 2)
