@@ -124,6 +124,59 @@ def check_chunk_size(name: str, chunk_size: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Pytree prefixes (vmap's in_axes/out_axes, optimizer masks)
+# --------------------------------------------------------------------------------------------
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _mismatch(prefix: Any, full: Any, path: str, what: str) -> str | None:
+    """Where ``prefix`` stops being a pytree prefix of ``full``: a message, or ``None``."""
+    if prefix is None or isinstance(prefix, (int, bool)):
+        return None
+    p_children, p_def = optree.tree_flatten(
+        prefix, is_leaf=lambda x: x is not prefix, namespace=NAMESPACE
+    )
+    if p_def.num_nodes == 1:  # an unregistered object: not a valid axis spec either
+        return f"at {path} {what} is {prefix!r}, which is neither an int, None nor a container"
+    f_children, f_def = optree.tree_flatten(
+        full, is_leaf=lambda x: x is not full, namespace=NAMESPACE
+    )
+    if p_def != f_def:
+        return f"at {path} {what} has structure {p_def} but the value has structure {f_def}"
+    accessors = optree.treespec_accessors(p_def)
+    for acc, p, f in zip(accessors, p_children, f_children):
+        msg = _mismatch(p, f, acc.codify(path), what)
+        if msg is not None:
+            return msg
+    return None
+
+
+def broadcast_prefix(name: str, spec: Any, tree: Any, root: str, what: str) -> list[Any]:
+    """Broadcasts a pytree prefix of ``tree`` (ints, bools, None as leaves) to one value per leaf.
+
+    Raises a ValueError naming the first path where ``spec`` is not a prefix of ``tree``.
+    """
+    if spec is None or isinstance(spec, (int, bool)):
+        return [spec] * optree.tree_structure(tree, namespace=NAMESPACE).num_leaves
+    spec_def = optree.tree_structure(spec, is_leaf=_is_none, namespace=NAMESPACE)
+    try:
+        subtrees = spec_def.flatten_up_to(tree)
+    except (ValueError, TypeError):
+        detail = _mismatch(spec, tree, root, what) or "the structures differ"
+        raise ValueError(
+            f"funcgrad.{name}: {what} must be a pytree prefix of the {root}, but {detail}. "
+            f"Use an int or None for a whole subtree, or mirror its structure exactly."
+        ) from None
+    axes: list[Any] = []
+    for a, sub in zip(optree.tree_leaves(spec, is_leaf=_is_none, namespace=NAMESPACE), subtrees):
+        axes.extend([a] * optree.tree_structure(sub, namespace=NAMESPACE).num_leaves)
+    return axes
+
+
+# --------------------------------------------------------------------------------------------
 # Inputs and outputs
 # --------------------------------------------------------------------------------------------
 

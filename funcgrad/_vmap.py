@@ -46,49 +46,6 @@ def _check_axis_spec(name: str, spec: Any, what: str) -> None:
             )
 
 
-def _mismatch(prefix: Any, full: Any, path: str) -> str | None:
-    """Where ``prefix`` stops being a pytree prefix of ``full``: a message, or ``None``."""
-    if prefix is None or isinstance(prefix, int):
-        return None
-    p_children, p_def = optree.tree_flatten(
-        prefix, is_leaf=lambda x: x is not prefix, namespace=NAMESPACE
-    )
-    if p_def.num_nodes == 1:  # an unregistered object: not a valid axis spec either
-        return (
-            f"at {path} the axis spec is {prefix!r}, which is neither an int, None nor a container"
-        )
-    f_children, f_def = optree.tree_flatten(
-        full, is_leaf=lambda x: x is not full, namespace=NAMESPACE
-    )
-    if p_def != f_def:
-        return f"at {path} the axis spec has structure {p_def} but the value has structure {f_def}"
-    accessors = optree.treespec_accessors(p_def)
-    for acc, p, f in zip(accessors, p_children, f_children):
-        msg = _mismatch(p, f, acc.codify(path))
-        if msg is not None:
-            return msg
-    return None
-
-
-def _leaf_axes(name: str, spec: Any, tree: Any, root: str, what: str) -> list[int | None]:
-    """Broadcasts an axis-spec prefix to one axis per leaf of ``tree``."""
-    if spec is None or isinstance(spec, int):
-        return [spec] * optree.tree_structure(tree, namespace=NAMESPACE).num_leaves
-    spec_def = optree.tree_structure(spec, is_leaf=_is_none, namespace=NAMESPACE)
-    try:
-        subtrees = spec_def.flatten_up_to(tree)
-    except (ValueError, TypeError):
-        detail = _mismatch(spec, tree, root) or "the structures differ"
-        raise ValueError(
-            f"funcgrad.{name}: {what} must be a pytree prefix of the {root}, but {detail}. "
-            f"Use an int or None for a whole subtree, or mirror its structure exactly."
-        ) from None
-    axes: list[int | None] = []
-    for a, sub in zip(optree.tree_leaves(spec, is_leaf=_is_none, namespace=NAMESPACE), subtrees):
-        axes.extend([a] * optree.tree_structure(sub, namespace=NAMESPACE).num_leaves)
-    return axes
-
-
 def vmap(
     fun: Callable[..., Any],
     in_axes: AxisSpec = 0,
@@ -156,14 +113,14 @@ def vmap(
                     "give one entry per argument."
                 )
             spec = in_axes if not isinstance(in_axes, tuple) else tuple(in_axes)
-            axes = _leaf_axes(name, spec, args, "args", "in_axes")
+            axes = _api_util.broadcast_prefix(name, spec, args, "args", "in_axes")
             in_cache[treedef] = axes
         return axes
 
     def out_leaf_axes(out: Any, treedef: Any) -> list[int | None]:
         axes = out_cache.get(treedef)
         if axes is None:
-            axes = _leaf_axes(name, out_axes, out, "output", "out_axes")
+            axes = _api_util.broadcast_prefix(name, out_axes, out, "output", "out_axes")
             out_cache[treedef] = axes
         return axes
 
