@@ -8,6 +8,7 @@ Pure functions, parameters as pytrees, composable transforms (``grad``, ``vmap``
 {'w': tensor([2., 4.])}
 """
 
+from . import optim as optim
 from . import testing as testing
 from . import tree as tree
 from ._custom import stop_gradient as stop_gradient
@@ -31,6 +32,7 @@ __all__ = [
     "jacrev",
     "jvp",
     "linearize",
+    "optim",
     "stop_gradient",
     "testing",
     "tree",

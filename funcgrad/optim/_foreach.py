@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch._C._functorch import peek_interpreter_stack
 
