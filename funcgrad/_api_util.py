@@ -140,12 +140,12 @@ def _mismatch(prefix: Any, full: Any, path: str, what: str) -> str | None:
         prefix, is_leaf=lambda x: x is not prefix, namespace=NAMESPACE
     )
     if p_def.num_nodes == 1:  # an unregistered object: not a valid axis spec either
-        return f"at {path} {what} is {prefix!r}, which is neither an int, None nor a container"
+        return f"at {path}, the {what} is {prefix!r}, which is neither a leaf value nor a container"
     f_children, f_def = optree.tree_flatten(
         full, is_leaf=lambda x: x is not full, namespace=NAMESPACE
     )
     if p_def != f_def:
-        return f"at {path} {what} has structure {p_def} but the value has structure {f_def}"
+        return f"at {path}, the {what} has structure {p_def} but the value has structure {f_def}"
     accessors = optree.treespec_accessors(p_def)
     for acc, p, f in zip(accessors, p_children, f_children):
         msg = _mismatch(p, f, acc.codify(path), what)
@@ -154,7 +154,14 @@ def _mismatch(prefix: Any, full: Any, path: str, what: str) -> str | None:
     return None
 
 
-def broadcast_prefix(name: str, spec: Any, tree: Any, root: str, what: str) -> list[Any]:
+def broadcast_prefix(
+    name: str,
+    spec: Any,
+    tree: Any,
+    root: str,
+    what: str,
+    hint: str = "Use an int or None for a whole subtree, or mirror its structure exactly.",
+) -> list[Any]:
     """Broadcasts a pytree prefix of ``tree`` (ints, bools, None as leaves) to one value per leaf.
 
     Raises a ValueError naming the first path where ``spec`` is not a prefix of ``tree``.
@@ -167,8 +174,7 @@ def broadcast_prefix(name: str, spec: Any, tree: Any, root: str, what: str) -> l
     except (ValueError, TypeError):
         detail = _mismatch(spec, tree, root, what) or "the structures differ"
         raise ValueError(
-            f"funcgrad.{name}: {what} must be a pytree prefix of the {root}, but {detail}. "
-            f"Use an int or None for a whole subtree, or mirror its structure exactly."
+            f"funcgrad.{name}: {what} must be a pytree prefix of the {root}, but {detail}. {hint}"
         ) from None
     axes: list[Any] = []
     for a, sub in zip(optree.tree_leaves(spec, is_leaf=_is_none, namespace=NAMESPACE), subtrees):

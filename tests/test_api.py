@@ -10,18 +10,24 @@ import pytest
 
 import funcgrad as fg
 
-MODULES = [fg, fg.tree, fg.testing]
+MODULES = [fg, fg.tree, fg.testing, fg.optim]
 
 
-def public_names() -> list[tuple[str, Any]]:
+def public_names(*, functions_only: bool = False) -> list[tuple[str, Any]]:
     names = []
     for module in MODULES:
         for name in module.__all__:
             obj = getattr(module, name)
             if isinstance(obj, types.ModuleType) or name.startswith("__") or name.isupper():
                 continue
+            if functions_only and not inspect.isfunction(obj):
+                continue
             names.append((f"{module.__name__}.{name}", obj))
     return names
+
+
+FUNCTIONS = public_names(functions_only=True)
+CLASSES = [(n, obj) for n, obj in public_names() if inspect.isclass(obj)]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
@@ -38,7 +44,7 @@ def test_all_lists_exactly_the_public_names(module: types.ModuleType) -> None:
     assert defined_here <= set(module.__all__)
 
 
-@pytest.mark.parametrize(("name", "obj"), public_names(), ids=[n for n, _ in public_names()])
+@pytest.mark.parametrize(("name", "obj"), FUNCTIONS, ids=[n for n, _ in FUNCTIONS])
 def test_public_name_has_a_docstring_with_an_example(name: str, obj: Any) -> None:
     """Each public function says what it does and shows it (the example runs under doctest)."""
     doc = inspect.getdoc(obj)
@@ -46,7 +52,15 @@ def test_public_name_has_a_docstring_with_an_example(name: str, obj: Any) -> Non
     assert ">>>" in doc, f"{name}'s docstring has no runnable example"
 
 
-@pytest.mark.parametrize(("name", "obj"), public_names(), ids=[n for n, _ in public_names()])
+@pytest.mark.parametrize(("name", "obj"), CLASSES, ids=[n for n, _ in CLASSES])
+def test_public_class_has_a_docstring(name: str, obj: Any) -> None:
+    """State NamedTuples and other classes say what they hold."""
+    doc = obj.__doc__
+    assert doc, f"{name} has no docstring"
+    assert not doc.startswith(f"{obj.__name__}("), f"{name} has no docstring of its own"
+
+
+@pytest.mark.parametrize(("name", "obj"), FUNCTIONS, ids=[n for n, _ in FUNCTIONS])
 def test_public_function_is_fully_annotated(name: str, obj: Any) -> None:
     """Every parameter and the return value carry type hints."""
     signature = inspect.signature(obj)

@@ -536,24 +536,24 @@ def test_not_callable() -> None:
         (
             ({"a": 0, "c": None},),
             ({"a": t(3), "b": t(3)},),
-            r"at args\[0\] (in|out)_axes has structure PyTreeSpec\(\{'a': \*, 'c': \*\}\) but the "
+            r"at args\[0\], the (in|out)_axes has structure PyTreeSpec\(\{'a': \*, 'c': \*\}\) but the "
             r"value has structure PyTreeSpec\(\{'a': \*, 'b': \*\}\)",
         ),
         (
             ({"a": (0, 1), "b": None},),
             ({"a": t(3), "b": t(3)},),
-            r"at args\[0\]\['a'\] (in|out)_axes has structure PyTreeSpec\(\(\*, \*\)\)",
+            r"at args\[0\]\['a'\], the (in|out)_axes has structure PyTreeSpec\(\(\*, \*\)\)",
         ),
         (
             (0, Point(0, None)),
             (t(3), (t(3), t(3))),
-            r"at args\[1\] (in|out)_axes has structure PyTreeSpec\(Point\(x=\*, y=\*\)\) but the "
+            r"at args\[1\], the (in|out)_axes has structure PyTreeSpec\(Point\(x=\*, y=\*\)\) but the "
             r"value has structure PyTreeSpec\(\(\*, \*\)\)",
         ),
         (
             {"a": 0},
             ({"a": t(3)},),
-            r"at args (in|out)_axes has structure PyTreeSpec\(\{'a': \*\}\)",
+            r"at args, the (in|out)_axes has structure PyTreeSpec\(\{'a': \*\}\)",
         ),
     ],
 )
@@ -638,7 +638,7 @@ def test_out_axes_not_a_prefix() -> None:
     """An out_axes that is not a pytree prefix of the output names the mismatch."""
     with pytest.raises(
         ValueError,
-        match=r"out_axes must be a pytree prefix of the output, but at output out_axes has "
+        match=r"out_axes must be a pytree prefix of the output, but at output, the out_axes has "
         r"structure PyTreeSpec\(\(\*, \*, \*\)\)",
     ):
         fg.vmap(lambda x: (x, x), out_axes=(0, 0, 0))(t(4))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ._base import GradientTransformation, ScalarOrSchedule, chain, check_learning_rate, identity
 from ._transforms import (
     add_decayed_weights,
@@ -15,9 +17,11 @@ from ._transforms import (
 __all__ = ["adam", "adamw", "sgd"]
 
 
-def _weight_decay(weight_decay: float, name: str) -> GradientTransformation:
+def _weight_decay(weight_decay: float | torch.Tensor, name: str) -> GradientTransformation:
     check_learning_rate(name, weight_decay, "weight_decay")
-    return add_decayed_weights(weight_decay) if weight_decay else identity()
+    if isinstance(weight_decay, torch.Tensor) or weight_decay:
+        return add_decayed_weights(weight_decay)
+    return identity()
 
 
 def sgd(
@@ -56,7 +60,7 @@ def sgd(
     """
     return chain(
         _weight_decay(weight_decay, "sgd"),
-        trace(momentum, nesterov) if momentum else identity(),
+        trace(momentum, nesterov) if isinstance(momentum, torch.Tensor) or momentum else identity(),
         scale_by_learning_rate(learning_rate),
     )
 

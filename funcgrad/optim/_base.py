@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, Protocol
 
 import optree
 import torch
+from torch._C._functorch import peek_interpreter_stack
 
 from .. import _api_util
 from .._typing import PyTree
@@ -32,7 +33,7 @@ OptState = PyTree
 class Schedule(Protocol):
     """A function of the step count (a 0-d integer tensor) returning a 0-d tensor or number."""
 
-    def __call__(self, count: torch.Tensor) -> torch.Tensor | float: ...
+    def __call__(self, count: torch.Tensor, /) -> torch.Tensor | float: ...
 
 
 ScalarOrSchedule = float | torch.Tensor | Schedule
@@ -164,6 +165,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 def apply_updates(params: Params, updates: Updates) -> Params:
     """Returns ``params + updates``, leaf by leaf, in each parameter's dtype.
 
+    Each sum is computed in the promoted dtype and rounded once to the parameter's dtype.
+
     >>> import torch
     >>> from funcgrad import optim
     >>> optim.apply_updates({"w": torch.ones(2)}, {"w": torch.tensor([0.5, -0.5])})
@@ -171,8 +174,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     """
     p_leaves, p_def = optree.tree_flatten(params, namespace=NAMESPACE)
     u_leaves = flat_like("apply_updates", "updates", updates, p_def, params, "params")
-    u_leaves = [u if u.dtype == p.dtype else u.to(p.dtype) for p, u in zip(p_leaves, u_leaves)]
-    return p_def.unflatten(_foreach.add(p_leaves, u_leaves))
+    # Added in the promoted dtype and rounded once to the parameter's dtype (as optax does).
+    new = _foreach.add(p_leaves, u_leaves)
+    return p_def.unflatten(
+        [n if n.dtype == p.dtype else n.to(p.dtype) for p, n in zip(p_leaves, new)]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,18 +199,19 @@ def flat_like(
     if got != treedef:
         raise ValueError(
             f"funcgrad.optim.{name}: the {what} must have the structure of the {reference_what}, "
-            f"{treedef}, but got {got}{_first_difference(tree, reference)}. Pass trees built from "
+            f"{treedef}, but got {got}{_first_difference(tree, reference, reference_what)}. Pass "
+            "trees built from "
             "the same parameters (the optimizer state from init(params) of this model)."
         )
     return leaves
 
 
-def _first_difference(a: PyTree, b: PyTree) -> str:
+def _first_difference(a: PyTree, b: PyTree, b_what: str) -> str:
     a_paths = set(_api_util.leaf_paths(a, "tree"))
     b_paths = set(_api_util.leaf_paths(b, "tree"))
     only_a, only_b = sorted(a_paths - b_paths), sorted(b_paths - a_paths)
     if only_a:
-        return f" (it has {only_a[0]}, which the updates do not)"
+        return f" (it has {only_a[0]}, which the {b_what} do not)"
     if only_b:
         return f" (it lacks {only_b[0]})"
     return ""
@@ -233,6 +240,8 @@ def check_learning_rate(name: str, value: Any, what: str = "learning_rate") -> N
             raise TypeError(
                 f"funcgrad.optim.{name}: {what} must be a floating-point tensor, got {value.dtype}."
             )
+        if torch.compiler.is_compiling() or peek_interpreter_stack() is not None:
+            return  # the value is traced or batched here: it can only be checked eagerly
         number = float(value.detach())
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         number = float(value)

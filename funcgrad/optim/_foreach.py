@@ -30,52 +30,56 @@ def fast() -> bool:
 
 def scale(xs: Tensors, s: Scalar) -> Tensors:
     """``s * x`` for each ``x``."""
-    if fast():
+    if xs and fast():
         return list(torch._foreach_mul(xs, s))
     return [x * s for x in xs]
 
 
 def add(xs: Tensors, ys: Tensors, alpha: Scalar = 1.0) -> Tensors:
     """``x + alpha * y``."""
-    if fast():
+    if xs and fast():
         if isinstance(alpha, torch.Tensor):
             return list(torch._foreach_add(xs, torch._foreach_mul(ys, alpha)))
         return list(torch._foreach_add(xs, ys, alpha=alpha))
-    return [x + alpha * y for x, y in zip(xs, ys)]
+    if isinstance(alpha, torch.Tensor):
+        return [x + alpha * y for x, y in zip(xs, ys)]
+    return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys)]
 
 
 def sub(xs: Tensors, ys: Tensors) -> Tensors:
     """``x - y``."""
-    if fast():
+    if xs and fast():
         return list(torch._foreach_sub(xs, ys))
     return [x - y for x, y in zip(xs, ys)]
 
 
 def mul(xs: Tensors, ys: Tensors) -> Tensors:
     """``x * y``."""
-    if fast():
+    if xs and fast():
         return list(torch._foreach_mul(xs, ys))
     return [x * y for x, y in zip(xs, ys)]
 
 
 def div(xs: Tensors, ys: Tensors) -> Tensors:
     """``x / y``."""
-    if fast():
+    if xs and fast():
         return list(torch._foreach_div(xs, ys))
     return [x / y for x, y in zip(xs, ys)]
 
 
 def add_scalar(xs: Tensors, s: Scalar) -> Tensors:
     """``x + s``."""
-    if fast():
+    if xs and fast():
         return list(torch._foreach_add(xs, s))
     return [x + s for x in xs]
 
 
 def lerp(xs: Tensors, ys: Tensors, weight: Scalar) -> Tensors:
     """``x + weight * (y - x)``: an exponential moving average step."""
-    if fast() and not isinstance(weight, torch.Tensor):
+    if xs and fast() and not isinstance(weight, torch.Tensor):
         return list(torch._foreach_lerp(xs, ys, weight))
+    if not isinstance(weight, torch.Tensor):
+        return [torch.lerp(x, y, weight) for x, y in zip(xs, ys)]
     return add(xs, sub(ys, xs), weight)
 
 
@@ -86,8 +90,10 @@ def addcmul(
     value: Scalar = 1.0,
 ) -> Tensors:
     """``x + value * y * z``."""
-    if fast() and not isinstance(value, torch.Tensor):
+    if xs and fast() and not isinstance(value, torch.Tensor):
         return list(torch._foreach_addcmul(xs, ys, zs, value=value))
+    if not isinstance(value, torch.Tensor):
+        return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs)]
     return add(xs, mul(ys, zs), value)
 
 
@@ -98,37 +104,39 @@ def addcdiv(
     value: Scalar = 1.0,
 ) -> Tensors:
     """``x + value * y / z``."""
-    if fast() and not isinstance(value, torch.Tensor):
+    if xs and fast() and not isinstance(value, torch.Tensor):
         return list(torch._foreach_addcdiv(xs, ys, zs, value=value))
+    if not isinstance(value, torch.Tensor):
+        return [torch.addcdiv(x, y, z, value=value) for x, y, z in zip(xs, ys, zs)]
     return add(xs, div(ys, zs), value)
 
 
 def sqrt(xs: Tensors) -> Tensors:
-    if fast():
+    if xs and fast():
         return list(torch._foreach_sqrt(xs))
     return [x.sqrt() for x in xs]
 
 
 def abs(xs: Tensors) -> Tensors:
-    if fast():
+    if xs and fast():
         return list(torch._foreach_abs(xs))
     return [x.abs() for x in xs]
 
 
 def sign(xs: Tensors) -> Tensors:
-    if fast():
+    if xs and fast():
         return list(torch._foreach_sign(xs))
     return [x.sign() for x in xs]
 
 
 def maximum(xs: Tensors, ys: Tensors) -> Tensors:
-    if fast():
+    if xs and fast():
         return list(torch._foreach_maximum(xs, ys))
     return [torch.maximum(x, y) for x, y in zip(xs, ys)]
 
 
 def clamp(xs: Tensors, low: float, high: float) -> Tensors:
-    if fast():
+    if xs and fast():
         return list(torch._foreach_clamp_max(torch._foreach_clamp_min(xs, low), high))
     return [x.clamp(low, high) for x in xs]
 
@@ -146,13 +154,20 @@ def sum_of_squares(xs: Tensors) -> torch.Tensor:
     return torch.stack([n.to(device) for n in norms]).square().sum()
 
 
+def norms(xs: Tensors) -> Tensors:
+    """The L2 norm of each ``x`` over all its elements: 0-d tensors in its dtype and device."""
+    if xs and fast():
+        return list(torch._foreach_norm(xs))
+    return [torch.linalg.vector_norm(x) for x in xs]
+
+
 # In-place forms, for temporaries the caller created itself (never for inputs: transforms are
 # pure). Outside the fast path they compute out of place; callers always use the result.
 
 
 def scale_(xs: Tensors, s: Scalar) -> Tensors:
     """``x *= s`` on the caller's own temporaries."""
-    if fast():
+    if xs and fast():
         torch._foreach_mul_(xs, s)
         return xs
     return [x * s for x in xs]
@@ -160,7 +175,7 @@ def scale_(xs: Tensors, s: Scalar) -> Tensors:
 
 def add_scalar_(xs: Tensors, s: Scalar) -> Tensors:
     """``x += s`` on the caller's own temporaries."""
-    if fast():
+    if xs and fast():
         torch._foreach_add_(xs, s)
         return xs
     return [x + s for x in xs]
@@ -168,7 +183,7 @@ def add_scalar_(xs: Tensors, s: Scalar) -> Tensors:
 
 def div_(xs: Tensors, ys: Tensors) -> Tensors:
     """``x /= y`` on the caller's own temporaries."""
-    if fast():
+    if xs and fast():
         torch._foreach_div_(xs, ys)
         return xs
     return [x / y for x, y in zip(xs, ys)]
@@ -176,7 +191,7 @@ def div_(xs: Tensors, ys: Tensors) -> Tensors:
 
 def addcmul_(xs: Tensors, ys: Tensors, zs: Tensors, value: float) -> Tensors:
     """``x += value * y * z`` on the caller's own temporaries."""
-    if fast():
+    if xs and fast():
         torch._foreach_addcmul_(xs, ys, zs, value=value)
         return xs
-    return [x + value * y * z for x, y, z in zip(xs, ys, zs)]
+    return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs)]

@@ -57,6 +57,19 @@ def scalar_dtype(leaves: list[torch.Tensor]) -> torch.dtype:
     return dtype
 
 
+def bias_corrections(
+    count: torch.Tensor, decays: tuple[float, ...], dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    """``1 - decay**count`` for each decay, as 0-d tensors of ``dtype``.
+
+    Computed in float64 where the device has it (as torch.optim does with Python floats): in
+    float32, ``1 - 0.999**1`` loses four digits to cancellation.
+    """
+    wide = torch.float64 if count.device.type in ("cpu", "cuda") else dtype
+    t = count.to(wide)
+    return tuple((1.0 - d**t).to(dtype) for d in decays)
+
+
 # --------------------------------------------------------------------------------------------
 # Scaling
 # --------------------------------------------------------------------------------------------
@@ -142,7 +155,25 @@ def scale_by_learning_rate(
     sign = -1.0 if flip_sign else 1.0
     if callable(learning_rate):
         schedule = learning_rate
-        return scale_by_schedule(lambda count: sign * schedule(count))
+        return scale_by_schedule(
+            lambda count: sign * evaluate_schedule("scale_by_learning_rate", schedule, count)
+        )
+    if isinstance(learning_rate, torch.Tensor):
+        # Read at every update, so that changing the tensor in place between steps takes effect.
+        lr = learning_rate
+
+        def init(params: Params) -> EmptyState:
+            del params
+            return EmptyState()
+
+        def update(
+            updates: Updates, state: OptState, params: Params | None = None
+        ) -> tuple[Updates, OptState]:
+            del params
+            leaves, treedef = _flatten(updates)
+            return treedef.unflatten(_foreach.scale(leaves, sign * lr)), state
+
+        return GradientTransformation(init, update)
     return scale(sign * learning_rate)
 
 
@@ -163,7 +194,7 @@ def scale_by_adam(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    eps_root: float = 0.0,
+    eps_root: float | torch.Tensor = 0.0,
     *,
     nesterov: bool = False,
 ) -> GradientTransformation:
@@ -211,18 +242,16 @@ def scale_by_adam(
         count = safe_increment(state.count)
         mu = _foreach.lerp(mu, g, 1.0 - b1)
         nu = _foreach.addcmul_(_foreach.scale(nu, b2), g, g, 1.0 - b2)
-        t = count.to(scalar_dtype(g))
-        bc1 = 1.0 - b1**t
-        bc2 = 1.0 - b2**t
-        if eps_root == 0.0:  # torch.optim.Adam's order of operations: sqrt(nu) / sqrt(bc2) + eps
+        bc1, bc2 = bias_corrections(count, (b1, b2), scalar_dtype(g))
+        if not isinstance(eps_root, torch.Tensor) and eps_root == 0.0:
+            # torch.optim.Adam's order of operations: sqrt(nu) / sqrt(bc2) + eps
             denom = _foreach.add_scalar_(_foreach.scale_(_foreach.sqrt(nu), 1.0 / bc2.sqrt()), eps)
         else:
             nu_hat = _foreach.add_scalar_(_foreach.scale(nu, 1.0 / bc2), eps_root)
             denom = _foreach.add_scalar_(_foreach.sqrt(nu_hat), eps)
         if nesterov:
-            mu_hat = _foreach.add(
-                _foreach.scale(mu, b1 / (1.0 - b1 ** (t + 1))), g, (1.0 - b1) / bc1
-            )
+            (next_bc1,) = bias_corrections(count + 1, (b1,), scalar_dtype(g))
+            mu_hat = _foreach.add(_foreach.scale(mu, b1 / next_bc1), g, (1.0 - b1) / bc1)
             new = _foreach.div_(mu_hat, denom)
         else:
             new = _foreach.scale_(_foreach.div(mu, denom), 1.0 / bc1)
@@ -284,7 +313,14 @@ class AddDecayedWeightsState(NamedTuple):
 def _mask_leaves(name: str, mask: Any, params: Params) -> list[bool]:
     """One bool per parameter leaf from a mask tree (a pytree prefix) or a callable."""
     tree = mask(params) if callable(mask) else mask
-    values = broadcast_prefix(f"optim.{name}", tree, params, "params", "mask")
+    values = broadcast_prefix(
+        f"optim.{name}",
+        tree,
+        params,
+        "params",
+        "mask",
+        "Use True or False for a whole subtree, or mirror its structure exactly.",
+    )
     for v in values:
         if not isinstance(v, bool):
             raise TypeError(
