@@ -1,10 +1,13 @@
-"""The shared corpus of pytrees, hypothesis strategies and JAX bridges used by every test module."""
+"""The shared corpus of pytrees, hypothesis strategies and JAX bridges used by every test module,
+and the trajectory harnesses the optimizer tests share."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -13,6 +16,8 @@ import torch
 from hypothesis import strategies as st
 
 import funcgrad as fg
+from funcgrad import optim
+from funcgrad.testing import assert_trees_allclose
 
 # --------------------------------------------------------------------------------------------
 # Node types
@@ -130,6 +135,11 @@ def trees(
     return st.recursive(leaf, extend, max_leaves=max_leaves)
 
 
+def nonempty_trees() -> st.SearchStrategy[Any]:
+    """:func:`trees` with at least one leaf."""
+    return trees().filter(lambda tree: len(fg.tree.leaves(tree)) > 0)
+
+
 # --------------------------------------------------------------------------------------------
 # JAX bridges
 # --------------------------------------------------------------------------------------------
@@ -162,3 +172,357 @@ def to_torch(tree: Any) -> Any:
     return fg.tree.map(
         lambda x: torch.from_numpy(np.array(x)) if hasattr(x, "__array__") else x, tree
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer trajectories against torch.optim and optax (the adaptive optimizers' tests)
+# --------------------------------------------------------------------------------------------
+
+OPTIM_STEPS = 50
+
+_BADLY_SCALED_SHAPES = [
+    {"b": (4,), "w": (3, 4)},
+    {"b": (5,), "s": (), "w": (2, 5)},
+]
+
+
+def badly_scaled_problem(seed: int) -> tuple[dict[str, torch.Tensor], Callable[[Any, Any], Any]]:
+    """Random float64 parameters and ``loss(m, params)``: coupled, non-quadratic, with
+    gradients of different scales in different leaves (what adaptive methods are for).
+
+    ``m`` is ``torch`` or ``jax.numpy``: the loss is written once for both array libraries.
+    """
+    shapes = _BADLY_SCALED_SHAPES[seed % len(_BADLY_SCALED_SHAPES)]
+    params = {k: t(*s, seed=100 * seed + i) for i, (k, s) in enumerate(shapes.items())}
+    curv = {
+        k: (t(*s, seed=100 * seed + 10 + i).abs() + 0.5) * 4.0**i
+        for i, (k, s) in enumerate(shapes.items())
+    }
+    centre = {k: t(*s, seed=100 * seed + 20 + i) for i, (k, s) in enumerate(shapes.items())}
+    curv_np = {k: v.numpy() for k, v in curv.items()}
+    centre_np = {k: v.numpy() for k, v in centre.items()}
+
+    def loss(m: Any, p: Any) -> Any:
+        c, z = (curv, centre) if m is torch else (curv_np, centre_np)
+        total = 0.0
+        for k in sorted(p):
+            total = total + (0.5 * c[k] * (p[k] - z[k]) ** 2).sum() + (0.2 * m.sin(2 * p[k])).sum()
+        return total + 0.3 * m.tanh(0.5 * sum(p[k].sum() for k in sorted(p)))
+
+    return params, loss
+
+
+def run_funcgrad(
+    opt: optim.GradientTransformation,
+    params: Any,
+    loss: Callable[[Any, Any], Any],
+    steps: int = OPTIM_STEPS,
+    before_step: Callable[[int], None] | None = None,
+) -> list[Any]:
+    """The parameters after each of ``steps`` updates of ``opt`` on ``loss``."""
+    grad = fg.grad(lambda p: loss(torch, p))
+    state = opt.init(params)
+    trajectory = []
+    for k in range(steps):
+        if before_step is not None:
+            before_step(k)
+        updates, state = opt.update(grad(params), state, params)
+        params = optim.apply_updates(params, updates)
+        trajectory.append(params)
+    assert all(bool(x.isfinite().all()) for x in fg.tree.leaves(params)), "diverged"
+    return trajectory
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def run_torch(
+    make_opt: Callable[..., torch.optim.Optimizer],
+    params: dict[str, torch.Tensor],
+    loss: Callable[[Any, Any], Any],
+    lr: Any,
+    *,
+    steps: int = OPTIM_STEPS,
+    lr_at: Callable[[int], float] | None = None,
+    foreach: bool = False,
+) -> list[Any]:
+    """The trajectory of a stateful ``torch.optim`` optimizer with ``.backward()``.
+
+    torch keeps scalar state (NAdam's product of momenta) in the default dtype: float64 here,
+    as funcgrad keeps it in the parameters' dtype.
+    """
+    with default_dtype(torch.float64):
+        ps = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
+        opt = make_opt(list(ps.values()), lr, foreach=foreach)
+        trajectory = []
+        for k in range(steps):
+            if lr_at is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(k)
+            opt.zero_grad()
+            loss(torch, ps).backward()
+            opt.step()
+            trajectory.append({n: p.detach().clone() for n, p in ps.items()})
+    return trajectory
+
+
+def run_optax(
+    make_opt: Callable[[Any], Any], params: Any, loss: Any, steps: int = OPTIM_STEPS
+) -> list[Any]:
+    """The trajectory of optax with ``jax.grad`` (float64, a jitted step)."""
+    jax, jnp = require_jax()
+    import optax
+
+    opt = make_opt(optax)
+    p = to_jax(params)
+    state = opt.init(p)
+
+    @jax.jit
+    def step(p: Any, state: Any) -> Any:
+        updates, state = opt.update(jax.grad(lambda q: loss(jnp, q))(p), state, p)
+        return optax.apply_updates(p, updates), state
+
+    trajectory = []
+    for _ in range(steps):
+        p, state = step(p, state)
+        trajectory.append(to_torch(p))
+    return trajectory
+
+
+def max_relative_difference(a: list[Any], b: list[Any]) -> float:
+    return max(
+        float(((x - y).abs() / y.abs()).max())
+        for pa, pb in zip(a, b)
+        for x, y in zip(fg.tree.leaves(pa), fg.tree.leaves(pb))
+    )
+
+
+def vmapped_and_separate_runs(
+    opt: optim.GradientTransformation, steps: int = 20
+) -> list[tuple[list[Any], list[Any]]]:
+    """For 3 members of a badly scaled problem (same shapes, different values): the member's
+    trajectory within ``fg.vmap`` over the stacked (params, state), and its separate (foreach)
+    trajectory."""
+    members = [badly_scaled_problem(2 * i)[0] for i in range(3)]
+    _, loss = badly_scaled_problem(0)
+    stacked = fg.tree.map(lambda *xs: torch.stack(xs), *members)
+
+    def step(p: Any, state: Any) -> Any:
+        updates, state = opt.update(fg.grad(lambda q: loss(torch, q))(p), state, p)
+        return optim.apply_updates(p, updates), state
+
+    state = fg.vmap(opt.init)(stacked)
+    trajectory = []
+    for _ in range(steps):
+        stacked, state = fg.vmap(step)(stacked, state)
+        trajectory.append(stacked)
+    runs = []
+    for i, member in enumerate(members):
+        separate = run_funcgrad(opt, member, loss, steps=steps)
+        batched = [fg.tree.map(lambda x, i=i: x[i], p) for p in trajectory]
+        runs.append((batched, separate))
+    return runs
+
+
+def gradient_sequence(g: Any, n: int = 3) -> list[Any]:
+    """``n`` different gradients built from one drawn tree."""
+    return [fg.tree.map(lambda x, k=k: (x + 0.5 * k) * (1.5 - k) + 0.01, g) for k in range(n)]
+
+
+def run_updates(opt: optim.GradientTransformation, grads: list[Any], params: Any) -> list[Any]:
+    """The updates of ``opt`` (initialised on ``params``) for each of ``grads`` in turn."""
+    state, out = opt.init(params), []
+    for g in grads:
+        u, state = opt.update(g, state)
+        out.append(u)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Wrapped optimizers against optax: perturbed gradients, edited states (the wrappers' tests)
+# --------------------------------------------------------------------------------------------
+
+WRAPPED_STEPS = 60
+
+SEPARABLE_SHAPES = {"w": (3, 2), "b": (2,), "s": ()}
+
+
+def separable_problem(seed: int) -> tuple[dict[str, torch.Tensor], Callable[..., Any]]:
+    """Initial parameters and ``loss(params, sin)`` (``sin`` is torch.sin or jnp.sin).
+
+    The loss is a sum over leaves, so a NaN in one leaf's gradient stays in that leaf.
+    """
+    params = {k: t(*s, seed=100 * seed + i) for i, (k, s) in enumerate(SEPARABLE_SHAPES.items())}
+    targets = {
+        k: t(*s, seed=100 * seed + 10 + i) for i, (k, s) in enumerate(SEPARABLE_SHAPES.items())
+    }
+    weights = {
+        k: t(*s, seed=100 * seed + 20 + i).abs() + 0.5
+        for i, (k, s) in enumerate(SEPARABLE_SHAPES.items())
+    }
+
+    consts = {"torch": (targets, weights)}
+
+    def loss(p: Any, sin: Callable[[Any], Any]) -> Any:
+        if sin is torch.sin:
+            tg, wt = consts["torch"]
+        else:  # JAX: the same constants as JAX arrays
+            tg, wt = consts.setdefault("jax", to_jax((targets, weights)))
+        return sum(
+            (wt[k] * (p[k] - tg[k]) ** 2 + 0.3 * sin(2.0 * p[k])).sum() for k in SEPARABLE_SHAPES
+        )
+
+    return params, loss
+
+
+Perturb = Callable[[int, Any], Any]
+
+
+def no_perturb(i: int, g: Any) -> Any:
+    return g
+
+
+def nan_in_b(steps: set[int]) -> Perturb:
+    """Puts a NaN into the first element of leaf ``b``'s gradient at the given steps."""
+
+    def perturb(i: int, g: Any) -> Any:
+        if i not in steps:
+            return g
+        b = g["b"]
+        b = b.clone() if isinstance(b, torch.Tensor) else b
+        if isinstance(b, torch.Tensor):
+            b[0] = float("nan")
+        else:
+            b = b.at[0].set(float("nan"))
+        return {**g, "b": b}
+
+    return perturb
+
+
+def run_funcgrad_with_state(
+    opt: Any,
+    params: Any,
+    loss: Callable[..., Any],
+    *,
+    steps: int = WRAPPED_STEPS,
+    perturb: Perturb = no_perturb,
+    at: Callable[[Any], Any] = lambda p: p,
+    edit: Callable[[int, Any], Any] | None = None,
+) -> tuple[list[Any], Any]:
+    """The parameters after each step, and the final state (``at`` picks where to take grads)."""
+    grad = fg.grad(lambda p: loss(p, torch.sin))
+    state = opt.init(params)
+    out = []
+    for i in range(steps):
+        if edit is not None:
+            state = edit(i, state)
+        g = perturb(i, grad(at(params)))
+        updates, state = opt.update(g, state, params)
+        params = optim.apply_updates(params, updates)
+        out.append(params)
+    return out, state
+
+
+def run_optax_with_state(
+    opt: Any,
+    params: Any,
+    loss: Callable[..., Any],
+    *,
+    steps: int = WRAPPED_STEPS,
+    perturb: Perturb = no_perturb,
+    at: Callable[[Any], Any] = lambda p: p,
+    edit: Callable[[int, Any], Any] | None = None,
+) -> tuple[list[Any], Any]:
+    """:func:`run_funcgrad_with_state` for an optax optimizer on JAX parameters."""
+    jax, jnp = require_jax()
+    import optax
+
+    grad = jax.jit(jax.grad(lambda p: loss(p, jnp.sin)))
+    update = jax.jit(opt.update)  # optax's lax.cond is slow outside jit
+    state = opt.init(params)
+    out = []
+    for i in range(steps):
+        if edit is not None:
+            state = edit(i, state)
+        g = perturb(i, grad(at(params)))
+        updates, state = update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        out.append(params)
+    return out, state
+
+
+def assert_leaves_close(ours: Any, theirs: Any, rtol: float = 1e-10, atol: float = 1e-12) -> None:
+    """Same leaves (in flattening order, dtypes included) in a funcgrad and a JAX tree."""
+    jax, _ = require_jax()
+    assert_trees_allclose(
+        fg.tree.leaves(ours), to_torch(jax.tree.leaves(theirs)), rtol=rtol, atol=atol
+    )
+
+
+def compare_with_optax(
+    ours: Any, theirs: Any, seed: int = 0, *, state: bool = True, **kwargs: Any
+) -> tuple[Any, Any, Any]:
+    """Runs both optimizers on one problem; asserts equal trajectories (and final states)."""
+    params, loss = separable_problem(seed)
+    only_ours, only_theirs = kwargs.pop("fg", {}), kwargs.pop("ox", {})
+    traj, s = run_funcgrad_with_state(ours, params, loss, **only_ours, **kwargs)
+    jtraj, js = run_optax_with_state(theirs, to_jax(params), loss, **only_theirs, **kwargs)
+    assert_leaves_close(traj, jtraj)
+    if state:
+        assert_leaves_close(s, js)
+    return traj, s, js
+
+
+def optax_module() -> Any:
+    require_jax()
+    import optax
+
+    return optax
+
+
+ENSEMBLE_NO_NANS: list[set[int]] = [set(), set(), set()]
+ENSEMBLE_NANS = [{2, 3, 4}, set(), {5}]  # per member: the members skip at different steps
+
+
+def ensemble_runs(opt: Any, nan_steps: list[set[int]]) -> tuple[Any, Any, Any, Any]:
+    """12 steps of 3 members (NaNs in ``b``'s gradient at their ``nan_steps``): the stacked
+    params and state from one ``fg.vmap`` over the stacked members, then the same stacked from
+    3 separate runs."""
+    members = [separable_problem(20 + m)[0] for m in range(3)]
+    _, loss = separable_problem(20)
+    grad = fg.grad(lambda p: loss(p, torch.sin))
+
+    def member_grad(m: int, i: int, p: Any) -> Any:
+        return nan_in_b(nan_steps[m])(i, grad(p))
+
+    def member(tree: Any, m: int) -> Any:
+        return fg.tree.map(lambda x: x[m], tree)
+
+    separate = []
+    for m, p in enumerate(members):
+        s = opt.init(p)
+        for i in range(12):
+            u, s = opt.update(member_grad(m, i, p), s, p)
+            p = optim.apply_updates(p, u)
+        separate.append((p, s))
+
+    stack = lambda *xs: torch.stack(xs)  # noqa: E731
+    params = fg.tree.map(stack, *members)
+    state = fg.vmap(opt.init)(params)
+    step = fg.vmap(opt.update)
+    for i in range(12):
+        g = fg.vmap(grad)(params)
+        perturbed = [nan_in_b(nan_steps[m])(i, member(g, m)) for m in range(3)]
+        g = fg.tree.map(stack, *perturbed)
+        u, state = step(g, state, params)
+        params = optim.apply_updates(params, u)
+    expected = fg.tree.map(stack, *[p for p, _ in separate])
+    expected_state = fg.tree.map(stack, *[s for _, s in separate])
+    return params, state, expected, expected_state

@@ -17,26 +17,21 @@ the parameters, and saves, ``vmap``-s or jits it like any other data.
 tensor([3., 3.])
 """
 
-from ._adaptive import ScaleByAdaDeltaState as ScaleByAdaDeltaState
-from ._adaptive import ScaleByAdamaxState as ScaleByAdamaxState
-from ._adaptive import ScaleByNadamState as ScaleByNadamState
-from ._adaptive import ScaleByRadamState as ScaleByRadamState
-from ._adaptive import ScaleByRmsState as ScaleByRmsState
-from ._adaptive import ScaleByRssState as ScaleByRssState
-from ._adaptive import ScaleByRStdDevState as ScaleByRStdDevState
-from ._adaptive import adadelta as adadelta
-from ._adaptive import adagrad as adagrad
-from ._adaptive import adamax as adamax
-from ._adaptive import nadam as nadam
-from ._adaptive import radam as radam
-from ._adaptive import rmsprop as rmsprop
-from ._adaptive import scale_by_adadelta as scale_by_adadelta
-from ._adaptive import scale_by_adamax as scale_by_adamax
-from ._adaptive import scale_by_nadam as scale_by_nadam
-from ._adaptive import scale_by_radam as scale_by_radam
-from ._adaptive import scale_by_rms as scale_by_rms
-from ._adaptive import scale_by_rss as scale_by_rss
-from ._adaptive import scale_by_stddev as scale_by_stddev
+from ._accumulation import ApplyIfFiniteState as ApplyIfFiniteState
+from ._accumulation import MultiSteps as MultiSteps
+from ._accumulation import MultiStepsState as MultiStepsState
+from ._accumulation import apply_if_finite as apply_if_finite
+from ._accumulation import skip_large_updates as skip_large_updates
+from ._accumulation import skip_not_finite as skip_not_finite
+from ._adam_variants import ScaleByAdamaxState as ScaleByAdamaxState
+from ._adam_variants import ScaleByNadamState as ScaleByNadamState
+from ._adam_variants import ScaleByRadamState as ScaleByRadamState
+from ._adam_variants import adamax as adamax
+from ._adam_variants import nadam as nadam
+from ._adam_variants import radam as radam
+from ._adam_variants import scale_by_adamax as scale_by_adamax
+from ._adam_variants import scale_by_nadam as scale_by_nadam
+from ._adam_variants import scale_by_radam as scale_by_radam
 from ._alias import adam as adam
 from ._alias import adamw as adamw
 from ._alias import sgd as sgd
@@ -53,6 +48,22 @@ from ._factorized import scale_by_factored_rms as scale_by_factored_rms
 from ._lion import ScaleByLionState as ScaleByLionState
 from ._lion import lion as lion
 from ._lion import scale_by_lion as scale_by_lion
+from ._masking import MaskedNode as MaskedNode
+from ._masking import MaskedState as MaskedState
+from ._masking import MultiTransformState as MultiTransformState
+from ._masking import masked as masked
+from ._masking import multi_transform as multi_transform
+from ._rms import ScaleByAdaDeltaState as ScaleByAdaDeltaState
+from ._rms import ScaleByRmsState as ScaleByRmsState
+from ._rms import ScaleByRssState as ScaleByRssState
+from ._rms import ScaleByRStdDevState as ScaleByRStdDevState
+from ._rms import adadelta as adadelta
+from ._rms import adagrad as adagrad
+from ._rms import rmsprop as rmsprop
+from ._rms import scale_by_adadelta as scale_by_adadelta
+from ._rms import scale_by_rms as scale_by_rms
+from ._rms import scale_by_rss as scale_by_rss
+from ._rms import scale_by_stddev as scale_by_stddev
 from ._schedules import constant as constant
 from ._schedules import cosine_decay as cosine_decay
 from ._schedules import exponential_decay as exponential_decay
@@ -78,24 +89,13 @@ from ._transforms import zero_nans as zero_nans
 from ._trust_ratio import lamb as lamb
 from ._trust_ratio import lars as lars
 from ._trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
-from ._wrappers import ApplyIfFiniteState as ApplyIfFiniteState
 from ._wrappers import EmaState as EmaState
 from ._wrappers import InjectHyperparamsState as InjectHyperparamsState
 from ._wrappers import LookaheadParams as LookaheadParams
 from ._wrappers import LookaheadState as LookaheadState
-from ._wrappers import MaskedNode as MaskedNode
-from ._wrappers import MaskedState as MaskedState
-from ._wrappers import MultiSteps as MultiSteps
-from ._wrappers import MultiStepsState as MultiStepsState
-from ._wrappers import MultiTransformState as MultiTransformState
-from ._wrappers import apply_if_finite as apply_if_finite
 from ._wrappers import ema as ema
 from ._wrappers import inject_hyperparams as inject_hyperparams
 from ._wrappers import lookahead as lookahead
-from ._wrappers import masked as masked
-from ._wrappers import multi_transform as multi_transform
-from ._wrappers import skip_large_updates as skip_large_updates
-from ._wrappers import skip_not_finite as skip_not_finite
 
 __all__ = [
     "AddDecayedWeightsState",
