@@ -243,18 +243,25 @@ def scale_by_adam(
         mu = _foreach.lerp(mu, g, 1.0 - b1)
         nu = _foreach.addcmul_(_foreach.scale(nu, b2), g, g, 1.0 - b2)
         bc1, bc2 = bias_corrections(count, (b1, b2), scalar_dtype(g))
-        if not isinstance(eps_root, torch.Tensor) and eps_root == 0.0:
-            # torch.optim.Adam's order of operations: sqrt(nu) / sqrt(bc2) + eps
-            denom = _foreach.add_scalar_(_foreach.scale_(_foreach.sqrt(nu), 1.0 / bc2.sqrt()), eps)
-        else:
-            nu_hat = _foreach.add_scalar_(_foreach.scale(nu, 1.0 / bc2), eps_root)
-            denom = _foreach.add_scalar_(_foreach.sqrt(nu_hat), eps)
         if nesterov:
             (next_bc1,) = bias_corrections(count + 1, (b1,), scalar_dtype(g))
-            mu_hat = _foreach.add(_foreach.scale(mu, b1 / next_bc1), g, (1.0 - b1) / bc1)
-            new = _foreach.div_(mu_hat, denom)
+            numerator = _foreach.add(_foreach.scale(mu, b1 / next_bc1), g, (1.0 - b1) / bc1)
+            fold = None
         else:
-            new = _foreach.scale_(_foreach.div(mu, denom), 1.0 / bc1)
+            # (mu / bc1) / (sqrt(nu / bc2) + eps) == mu / (bc1 * sqrt(nu / bc2) + bc1 * eps):
+            # folding 1 / bc1 into the denominator's constants saves a pass over the leaves.
+            numerator, fold = mu, bc1
+        if not isinstance(eps_root, torch.Tensor) and eps_root == 0.0:
+            # torch.optim.Adam's order of operations: sqrt(nu) / sqrt(bc2) + eps
+            factor = 1.0 / bc2.sqrt() if fold is None else fold / bc2.sqrt()
+            denom = _foreach.scale_(_foreach.sqrt(nu), factor)
+        else:
+            denom = _foreach.sqrt(_foreach.add_scalar_(_foreach.scale(nu, 1.0 / bc2), eps_root))
+            denom = denom if fold is None else _foreach.scale_(denom, fold)
+        denom = _foreach.add_scalar_(denom, eps if fold is None else eps * fold)
+        new = (
+            _foreach.div(numerator, denom) if fold is not None else _foreach.div_(numerator, denom)
+        )
         return treedef.unflatten(new), ScaleByAdamState(
             count, treedef.unflatten(mu), treedef.unflatten(nu)
         )
