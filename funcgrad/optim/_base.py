@@ -80,7 +80,8 @@ class EmptyState(NamedTuple):
     """
 
 
-def _init_empty(params: Params) -> EmptyState:
+def init_empty(params: Params) -> EmptyState:
+    """The ``init`` of a stateless transformation."""
     del params
     return EmptyState()
 
@@ -100,7 +101,7 @@ def identity() -> GradientTransformation:
         del params
         return updates, state
 
-    return GradientTransformation(_init_empty, update)
+    return GradientTransformation(init_empty, update)
 
 
 def set_to_zero() -> GradientTransformation:
@@ -119,7 +120,7 @@ def set_to_zero() -> GradientTransformation:
         leaves, treedef = optree.tree_flatten(updates, namespace=NAMESPACE)
         return treedef.unflatten(_foreach.zeros_like(leaves)), state
 
-    return GradientTransformation(_init_empty, update)
+    return GradientTransformation(init_empty, update)
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:

@@ -11,7 +11,6 @@ import torch
 from ..tree import NAMESPACE
 from . import _foreach
 from ._base import (
-    EmptyState,
     GradientTransformation,
     OptState,
     Params,
@@ -20,6 +19,7 @@ from ._base import (
     chain,
     check_learning_rate,
     flat_like,
+    init_empty,
     new_count,
     require_params,
     safe_increment,
@@ -227,7 +227,7 @@ def _clip_by_block_rms(threshold: float) -> GradientTransformation:
         denom = [torch.clamp_min(r / threshold, 1.0) for r in _rms(u)]
         return treedef.unflatten(_foreach.div(u, denom)), state
 
-    return GradientTransformation(_init_empty, update)
+    return GradientTransformation(init_empty, update)
 
 
 def _scale_by_param_block_rms(name: str, min_scale: float = 1e-3) -> GradientTransformation:
@@ -246,7 +246,7 @@ def _scale_by_param_block_rms(name: str, min_scale: float = 1e-3) -> GradientTra
         ]
         return treedef.unflatten(_foreach.mul(u, factors)), state
 
-    return GradientTransformation(_init_empty, update)
+    return GradientTransformation(init_empty, update)
 
 
 def _ema(decay: float, dtype: torch.dtype | None) -> GradientTransformation:
@@ -275,11 +275,6 @@ def _ema(decay: float, dtype: torch.dtype | None) -> GradientTransformation:
         )
 
     return GradientTransformation(init, update)
-
-
-def _init_empty(params: Params) -> EmptyState:
-    del params
-    return EmptyState()
 
 
 def adafactor(

@@ -12,7 +12,6 @@ from .._typing import PyTree
 from ..tree import NAMESPACE
 from . import _foreach
 from ._base import (
-    EmptyState,
     GradientTransformation,
     OptState,
     Params,
@@ -21,6 +20,7 @@ from ._base import (
     check_learning_rate,
     evaluate_schedule,
     flat_like,
+    init_empty,
     new_count,
     require_params,
     safe_increment,
@@ -84,10 +84,6 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
     {'w': tensor([-2., -6.])}
     """
 
-    def init(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
@@ -95,7 +91,7 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
         leaves, treedef = _flatten(updates)
         return treedef.unflatten(_foreach.scale(leaves, step_size)), state
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init_empty, update)
 
 
 class ScaleByScheduleState(NamedTuple):
@@ -162,10 +158,6 @@ def scale_by_learning_rate(
         # Read at every update, so that changing the tensor in place between steps takes effect.
         lr = learning_rate
 
-        def init(params: Params) -> EmptyState:
-            del params
-            return EmptyState()
-
         def update(
             updates: Updates, state: OptState, params: Params | None = None
         ) -> tuple[Updates, OptState]:
@@ -173,7 +165,7 @@ def scale_by_learning_rate(
             leaves, treedef = _flatten(updates)
             return treedef.unflatten(_foreach.scale(leaves, sign * lr)), state
 
-        return GradientTransformation(init, update)
+        return GradientTransformation(init_empty, update)
     return scale(sign * learning_rate)
 
 
@@ -390,10 +382,6 @@ def clip(max_delta: float) -> GradientTransformation:
     """
     check_learning_rate("clip", max_delta, "max_delta")
 
-    def init(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
@@ -401,7 +389,7 @@ def clip(max_delta: float) -> GradientTransformation:
         leaves, treedef = _flatten(updates)
         return treedef.unflatten(_foreach.clamp(leaves, -max_delta, max_delta)), state
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init_empty, update)
 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
@@ -417,10 +405,6 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """
     check_learning_rate("clip_by_global_norm", max_norm, "max_norm")
 
-    def init(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
@@ -432,7 +416,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         factor = torch.where(norm < max_norm, torch.ones_like(norm), max_norm / norm)
         return treedef.unflatten(_foreach.scale(leaves, factor)), state
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init_empty, update)
 
 
 class ZeroNansState(NamedTuple):

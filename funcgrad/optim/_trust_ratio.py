@@ -10,7 +10,6 @@ import torch
 from ..tree import NAMESPACE
 from . import _foreach
 from ._base import (
-    EmptyState,
     GradientTransformation,
     OptState,
     Params,
@@ -19,6 +18,7 @@ from ._base import (
     chain,
     check_learning_rate,
     flat_like,
+    init_empty,
     require_params,
 )
 from ._transforms import (
@@ -66,10 +66,6 @@ def scale_by_trust_ratio(
     check_learning_rate(name, trust_coefficient, "trust_coefficient")
     check_learning_rate(name, eps, "eps")
 
-    def init(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
@@ -89,7 +85,7 @@ def scale_by_trust_ratio(
             new[i] = x
         return treedef.unflatten(new), state
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init_empty, update)
 
 
 def _trust_ratios(
