@@ -241,7 +241,7 @@ def check_learning_rate(name: str, value: Any, what: str = "learning_rate") -> N
             raise TypeError(
                 f"funcgrad.optim.{name}: {what} must be a floating-point tensor, got {value.dtype}."
             )
-        if torch.compiler.is_compiling() or peek_interpreter_stack() is not None:
+        if not _eager():
             return  # the value is traced or batched here: it can only be checked eagerly
         number = float(value.detach())
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -257,6 +257,11 @@ def check_learning_rate(name: str, value: Any, what: str = "learning_rate") -> N
         )
 
 
+def _eager() -> bool:
+    """Whether tensor values can be read here (not compiling, not inside a torch.func transform)."""
+    return not torch.compiler.is_compiling() and peek_interpreter_stack() is None
+
+
 def evaluate_schedule(
     name: str, schedule: Callable[[torch.Tensor], Any], count: torch.Tensor
 ) -> Any:
@@ -267,7 +272,7 @@ def evaluate_schedule(
             raise ValueError(
                 f"funcgrad.optim.{name}: a schedule must return a scalar (a number or a 0-d "
                 f"tensor), but it returned a tensor of shape {tuple(value.shape)} at step "
-                f"{count.tolist() if not torch.compiler.is_compiling() else '?'}."
+                f"{count.tolist() if _eager() else '(traced)'}."
             )
     elif not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(
