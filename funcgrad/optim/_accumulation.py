@@ -15,12 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import optree
 import torch
 
 from .. import _api_util
 from .._typing import PyTree
-from ..tree import NAMESPACE
 from . import _foreach
 from ._base import (
     GradientTransformation,
@@ -32,6 +30,7 @@ from ._base import (
     new_count,
     safe_increment,
 )
+from ._base import flatten as _flatten
 from ._transforms import scalar_dtype
 
 __all__ = [
@@ -42,10 +41,6 @@ __all__ = [
     "skip_large_updates",
     "skip_not_finite",
 ]
-
-
-def _flatten(tree: PyTree) -> tuple[list[Any], Any]:
-    return optree.tree_flatten(tree, namespace=NAMESPACE)
 
 
 def _check_transformation(name: str, inner: Any, what: str = "inner") -> None:

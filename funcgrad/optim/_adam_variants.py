@@ -20,11 +20,9 @@ from ._adaptive_common import (
     _coupled_or_decoupled,
     _decay,
     _denominator,
-    _flatten,
     _lr,
     _non_negative,
     _weight_decay,
-    _zeros,
 )
 from ._base import (
     GradientTransformation,
@@ -37,7 +35,9 @@ from ._base import (
     new_count,
     safe_increment,
 )
-from ._transforms import bias_corrections, scalar_dtype
+from ._base import flatten as _flatten
+from ._base import zeros_tree as _zeros
+from ._transforms import adam_moments, bias_corrections, scalar_dtype
 
 __all__ = [
     "ScaleByAdamaxState",
@@ -181,12 +181,12 @@ def scale_by_radam(
         mu = flat_like(name, "state's first moment (mu)", state.mu, treedef, updates)
         nu = flat_like(name, "state's second moment (nu)", state.nu, treedef, updates)
         count = safe_increment(state.count)
-        mu = _foreach.lerp(mu, g, 1.0 - b1)
-        nu = _foreach.addcmul_(_foreach.scale(nu, b2), g, g, 1.0 - b2)
+        mu, nu = adam_moments(mu, nu, g, b1, b2)
         t = count.to(scalar_dtype(g))
         bc1, bc2 = bias_corrections(count, (b1, b2), scalar_dtype(g))
         if nesterov:
-            mu_hat = _foreach.add(_foreach.scale(mu, b1 / (1.0 - b1 ** (t + 1))), g, (1 - b1) / bc1)
+            (next_bc1,) = bias_corrections(count + 1, (b1,), scalar_dtype(g))
+            mu_hat = _foreach.add(_foreach.scale(mu, b1 / next_bc1), g, (1 - b1) / bc1)
         else:
             mu_hat = _foreach.scale(mu, 1.0 / bc1)
         rho = rho_inf - 2.0 * t * b2**t / bc2
@@ -282,8 +282,7 @@ def scale_by_nadam(
         t = count.to(scalar_dtype(g))
         mu_t, mu_next = momentum(t), momentum(t + 1)
         mu_product = state.mu_product * mu_t
-        mu = _foreach.lerp(mu, g, 1.0 - b1)
-        nu = _foreach.addcmul_(_foreach.scale(nu, b2), g, g, 1.0 - b2)
+        mu, nu = adam_moments(mu, nu, g, b1, b2)
         (bc2,) = bias_corrections(count, (b2,), scalar_dtype(g))
         nu_hat = _foreach.scale(nu, 1.0 / bc2)
         denom = _denominator(nu_hat, eps_root, True) if eps_root else _foreach.sqrt(nu_hat)

@@ -21,27 +21,15 @@ import math
 import numbers
 from typing import Any
 
-import optree
 import torch
 
-from .._typing import PyTree
-from ..tree import NAMESPACE
 from . import _foreach
-from ._base import GradientTransformation, Params, ScalarOrSchedule, check_learning_rate, identity
+from ._base import GradientTransformation, ScalarOrSchedule, check_learning_rate, identity
 from ._transforms import add_decayed_weights, scale_by_learning_rate
 
 __all__: list[str] = []
 
 Tensors = list[torch.Tensor]
-
-
-def _flatten(tree: PyTree) -> tuple[Tensors, Any]:
-    return optree.tree_flatten(tree, namespace=NAMESPACE)
-
-
-def _zeros(params: Params) -> PyTree:
-    leaves, treedef = _flatten(params)
-    return treedef.unflatten(_foreach.zeros_like(leaves))
 
 
 def _check(name: str, what: str, value: Any, low: float, high: float, *, open_high: bool) -> None:

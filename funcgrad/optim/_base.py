@@ -187,6 +187,17 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 # --------------------------------------------------------------------------------------------
 
 
+def flatten(tree: PyTree) -> tuple[list[Any], Any]:
+    """Leaves and structure of a tree in funcgrad's namespace (every transform's first step)."""
+    return optree.tree_flatten(tree, namespace=NAMESPACE)
+
+
+def zeros_tree(params: Params) -> PyTree:
+    """A tree of zeros shaped like ``params`` (a fresh moment buffer)."""
+    leaves, treedef = flatten(params)
+    return treedef.unflatten(_foreach.zeros_like(leaves))
+
+
 def flat_like(
     name: str,
     what: str,

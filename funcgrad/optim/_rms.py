@@ -15,11 +15,9 @@ from . import _foreach
 from ._adaptive_common import (
     _decay,
     _denominator,
-    _flatten,
     _lr,
     _non_negative,
     _weight_decay,
-    _zeros,
 )
 from ._base import (
     GradientTransformation,
@@ -35,6 +33,8 @@ from ._base import (
     new_count,
     safe_increment,
 )
+from ._base import flatten as _flatten
+from ._base import zeros_tree as _zeros
 from ._transforms import (
     ScaleByScheduleState,
     bias_corrections,

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import optree
 import torch
 
 from .._api_util import broadcast_prefix
 from .._typing import PyTree
-from ..tree import NAMESPACE
 from . import _foreach
 from ._base import (
     GradientTransformation,
@@ -24,6 +22,10 @@ from ._base import (
     new_count,
     require_params,
     safe_increment,
+    zeros_tree,
+)
+from ._base import (
+    flatten as _flatten,
 )
 
 __all__ = [
@@ -42,10 +44,6 @@ __all__ = [
     "trace",
     "zero_nans",
 ]
-
-
-def _flatten(tree: PyTree) -> tuple[list[torch.Tensor], Any]:
-    return optree.tree_flatten(tree, namespace=NAMESPACE)
 
 
 def scalar_dtype(leaves: list[torch.Tensor]) -> torch.dtype:
@@ -68,6 +66,15 @@ def bias_corrections(
     wide = torch.float64 if count.device.type in ("cpu", "cuda") else dtype
     t = count.to(wide)
     return tuple((1.0 - d**t).to(dtype) for d in decays)
+
+
+def adam_moments(
+    mu: list[torch.Tensor], nu: list[torch.Tensor], g: list[torch.Tensor], b1: float, b2: float
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Adam's moment updates ``mu + (1 - b1)(g - mu)`` and ``b2 nu + (1 - b2) g^2``."""
+    mu = _foreach.lerp(mu, g, 1.0 - b1)
+    nu = _foreach.addcmul_(_foreach.scale(nu, b2), g, g, 1.0 - b2)
+    return mu, nu
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,10 +225,8 @@ def scale_by_adam(
     name = "scale_by_adam"
 
     def init(params: Params) -> ScaleByAdamState:
-        leaves, treedef = _flatten(params)
-        zeros = treedef.unflatten(_foreach.zeros_like(leaves))
         return ScaleByAdamState(
-            new_count(leaves), zeros, treedef.unflatten(_foreach.zeros_like(leaves))
+            new_count(_flatten(params)[0]), zeros_tree(params), zeros_tree(params)
         )
 
     def update(
@@ -232,8 +237,7 @@ def scale_by_adam(
         mu = flat_like(name, "state's first moment (mu)", state.mu, treedef, updates)
         nu = flat_like(name, "state's second moment (nu)", state.nu, treedef, updates)
         count = safe_increment(state.count)
-        mu = _foreach.lerp(mu, g, 1.0 - b1)
-        nu = _foreach.addcmul_(_foreach.scale(nu, b2), g, g, 1.0 - b2)
+        mu, nu = adam_moments(mu, nu, g, b1, b2)
         bc1, bc2 = bias_corrections(count, (b1, b2), scalar_dtype(g))
         if nesterov:
             (next_bc1,) = bias_corrections(count + 1, (b1,), scalar_dtype(g))

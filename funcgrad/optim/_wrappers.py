@@ -15,7 +15,7 @@ import torch
 
 from .. import _api_util
 from . import _foreach
-from ._accumulation import _check_state, _check_transformation, _flatten, _where
+from ._accumulation import _check_state, _check_transformation, _where
 from ._base import (
     GradientTransformation,
     OptState,
@@ -27,6 +27,7 @@ from ._base import (
     new_count,
     safe_increment,
 )
+from ._base import flatten as _flatten
 from ._transforms import scalar_dtype
 
 __all__ = [
