@@ -351,6 +351,28 @@ def pure_call(name: str, leaves: Sequence[Any], paths: Callable[[], list[str]]) 
         raise purity_error(name, paths()[i])
 
 
+def differentiable_output(
+    name: str, out: Any, has_aux: bool, box: Box, cell: list[Any]
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Inside a flat function: splits aux, checks and flattens the output for torch.func.
+
+    Returns ``(output tensors, aux tensors)``; the output structure is appended to ``cell`` and
+    the rest of ``aux`` goes into ``box`` (see NOTE [optree at the boundary]).
+    """
+    aux: tuple[torch.Tensor, ...] = ()
+    if has_aux:
+        out, aux_tree = split_aux(name, out)
+        aux = pack_aux(aux_tree, box)
+    out_leaves, out_def = flatten_output(name, out, floating=True)
+    if not out_leaves:
+        raise ValueError(
+            f"funcgrad.{name}: the function returned no tensors (its output is {out_def}); "
+            "there is nothing to differentiate."
+        )
+    cell.append(out_def)
+    return tuple(out_leaves), aux
+
+
 class Box:
     """A mutable slot that torch.func passes through untouched (it is not a container)."""
 

@@ -45,19 +45,7 @@ def _flat_problem(
         full = list(args)
         for p, a in zip(positions, treedef.unflatten(diff_leaves)):
             full[p] = a
-        out = fun(*full, **kwargs)
-        aux: tuple[Any, ...] = ()
-        if has_aux:
-            out, aux_tree = _api_util.split_aux(name, out)
-            aux = _api_util.pack_aux(aux_tree, box)
-        out_leaves, out_def = _api_util.flatten_output(name, out, floating=True)
-        if not out_leaves:
-            raise ValueError(
-                f"funcgrad.{name}: the function returned no tensors (its output is {out_def}); "
-                "there is no Jacobian to compute."
-            )
-        cell.append(out_def)
-        return tuple(out_leaves), aux
+        return _api_util.differentiable_output(name, fun(*full, **kwargs), has_aux, box, cell)
 
     return leaves, treedef, flat_fun
 

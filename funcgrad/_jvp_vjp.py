@@ -48,19 +48,9 @@ def _flat_fun(
     """
 
     def flat_fun(*leaves: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Any]:
-        out = fun(*treedef.unflatten(leaves))
-        aux: tuple[Any, ...] = ()
-        if has_aux:
-            out, aux_tree = _api_util.split_aux(name, out)
-            aux = _api_util.pack_aux(aux_tree, box)
-        out_leaves, out_def = _api_util.flatten_output(name, out, floating=True)
-        if not out_leaves:
-            raise ValueError(
-                f"funcgrad.{name}: the function returned no tensors (its output is {out_def}); "
-                "there is nothing to differentiate."
-            )
-        cell.append(out_def)
-        return tuple(out_leaves), aux
+        return _api_util.differentiable_output(
+            name, fun(*treedef.unflatten(leaves)), has_aux, box, cell
+        )
 
     return flat_fun
 
