@@ -17,6 +17,9 @@ from ._grad import value_and_grad as value_and_grad
 from ._jacobian import hessian as hessian
 from ._jacobian import jacfwd as jacfwd
 from ._jacobian import jacrev as jacrev
+from ._jit import Jitted as Jitted
+from ._jit import Lowered as Lowered
+from ._jit import jit as jit
 from ._jvp_vjp import jvp as jvp
 from ._jvp_vjp import linearize as linearize
 from ._jvp_vjp import vjp as vjp
@@ -25,11 +28,14 @@ from ._vmap import vmap as vmap
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Jitted",
+    "Lowered",
     "__version__",
     "grad",
     "hessian",
     "jacfwd",
     "jacrev",
+    "jit",
     "jvp",
     "linearize",
     "optim",

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import operator
 from collections.abc import Callable, Iterator, Sequence
@@ -168,6 +169,10 @@ def broadcast_prefix(
     """
     if spec is None or isinstance(spec, (int, bool)):
         return [spec] * optree.tree_structure(tree, namespace=NAMESPACE).num_leaves
+    if torch.compiler.is_compiling():
+        axes: list[Any] = []
+        _broadcast_traced(name, spec, tree, root, what, axes)
+        return axes
     spec_def = optree.tree_structure(spec, is_leaf=_is_none, namespace=NAMESPACE)
     try:
         subtrees = spec_def.flatten_up_to(tree)
@@ -176,10 +181,45 @@ def broadcast_prefix(
         raise ValueError(
             f"funcgrad.{name}: {what} must be a pytree prefix of the {root}, but {detail}. {hint}"
         ) from None
-    axes: list[Any] = []
+    axes = []
     for a, sub in zip(optree.tree_leaves(spec, is_leaf=_is_none, namespace=NAMESPACE), subtrees):
         axes.extend([a] * optree.tree_structure(sub, namespace=NAMESPACE).num_leaves)
     return axes
+
+
+def _broadcast_traced(
+    name: str, spec: Any, tree: Any, root: str, what: str, out: list[Any]
+) -> None:
+    """broadcast_prefix while torch.compile traces: dynamo's stand-in for optree cannot flatten
+    a dict of Python constants (an axis spec), so dicts are walked here by key."""
+    if spec is None or isinstance(spec, (int, bool)):
+        out.extend([spec] * len(optree.tree_leaves(tree, namespace=NAMESPACE)))
+        return
+    if isinstance(spec, dict):
+        if type(tree) is not type(spec) or set(tree) != set(spec):
+            raise ValueError(
+                f"funcgrad.{name}: {what} must be a pytree prefix of the {root}, but the dict "
+                f"keys differ: {sorted(map(repr, spec))} vs {sorted(map(repr, tree))}."
+            )
+        keys = list(spec) if isinstance(spec, collections.OrderedDict) else sorted(spec)
+        for k in keys:
+            _broadcast_traced(name, spec[k], tree[k], root, what, out)
+        return
+    if isinstance(spec, (tuple, list)):
+        spec_children: Any = spec
+        ok = type(tree) is type(spec) and len(tree) == len(spec)
+        children: Any = tree
+    else:
+        spec_children, _, _, _ = optree.tree_flatten_one_level(spec, namespace=NAMESPACE)
+        children, _, _, _ = optree.tree_flatten_one_level(tree, namespace=NAMESPACE)
+        ok = type(tree) is type(spec) and len(children) == len(spec_children)
+    if not ok:
+        raise ValueError(
+            f"funcgrad.{name}: {what} must be a pytree prefix of the {root}, but a "
+            f"{type(spec).__name__} node of the {what} meets a {type(tree).__name__}."
+        )
+    for a, sub in zip(spec_children, children):
+        _broadcast_traced(name, a, sub, root, what, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,7 +341,13 @@ _LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-plac
 
 
 def versions(leaves: Sequence[Any]) -> list[int]:
-    """Version counters of the tensor leaves (-1 for other leaves), to detect in-place writes."""
+    """Version counters of the tensor leaves (-1 for other leaves), to detect in-place writes.
+
+    Empty while torch.compile traces: the check runs in eager mode only (NOTE [transforms
+    under jit] in _jit.py).
+    """
+    if torch.compiler.is_compiling():
+        return []
     return [x._version if isinstance(x, torch.Tensor) else -1 for x in leaves]
 
 

@@ -208,7 +208,13 @@ def _jacfwd(
         else:
             # The primal output and aux do not depend on the tangents: out_dims None.
             with _api_util.pure_call(name, leaves, lambda: _arg_paths(args, nums)):
-                jac_rows, (out, aux) = vmap(push, out_axes=(0, None), chunk_size=chunk_size)(*basis)
+                if torch.compiler.is_compiling():  # NOTE [vmap under jit]: no out_axes None
+                    jac_rows, (out, aux) = vmap(push, chunk_size=chunk_size)(*basis)
+                    out, aux = tuple(o[0] for o in out), tuple(a[0] for a in aux)
+                else:
+                    jac_rows, (out, aux) = vmap(push, out_axes=(0, None), chunk_size=chunk_size)(
+                        *basis
+                    )
         blocks = [_split_columns(j, o.shape, leaves) for j, o in zip(jac_rows, out)]
         result = _assemble(cell[-1], blocks, treedef, single)
         return (result, _api_util.unpack_aux(box, aux)) if has_aux else result
@@ -237,4 +243,16 @@ def hessian(
     _api_util.check_callable(fun, name)
     nums, single = _api_util.argnums_spec(argnums, name)
     inner = _jacrev(fun, nums, single, has_aux, None, name)
-    return _jacfwd(inner, nums, single, has_aux, None, name)
+    forward_over_reverse = _jacfwd(inner, nums, single, has_aux, None, name)
+    reverse_over_reverse = _jacrev(inner, nums, single, has_aux, None, name)
+
+    # Forward-over-reverse is the cheaper composition, but torch.compile (2.13) fails to trace it
+    # under vmap and leaves its tracer in a state where later compilations fail too; under jit the
+    # Hessian is therefore reverse-over-reverse, which traces (same values, up to rounding).
+    @functools.wraps(fun)
+    def hessian_fun(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return reverse_over_reverse(*args, **kwargs)
+        return forward_over_reverse(*args, **kwargs)
+
+    return hessian_fun

@@ -104,7 +104,8 @@ def vmap(
     out_cache: dict[Any, list[int | None]] = {}
 
     def in_leaf_axes(args: tuple[Any, ...], treedef: Any) -> list[int | None]:
-        axes = in_cache.get(treedef)
+        # While torch.compile traces, tree structures are dynamo's stand-ins: no caching.
+        axes = None if torch.compiler.is_compiling() else in_cache.get(treedef)
         if axes is None:
             if isinstance(in_axes, tuple) and len(in_axes) != len(args):
                 raise ValueError(
@@ -114,14 +115,16 @@ def vmap(
                 )
             spec = in_axes if not isinstance(in_axes, tuple) else tuple(in_axes)
             axes = _api_util.broadcast_prefix(name, spec, args, "args", "in_axes")
-            in_cache[treedef] = axes
+            if not torch.compiler.is_compiling():
+                in_cache[treedef] = axes
         return axes
 
     def out_leaf_axes(out: Any, treedef: Any) -> list[int | None]:
-        axes = out_cache.get(treedef)
+        axes = None if torch.compiler.is_compiling() else out_cache.get(treedef)
         if axes is None:
             axes = _api_util.broadcast_prefix(name, out_axes, out, "output", "out_axes")
-            out_cache[treedef] = axes
+            if not torch.compiler.is_compiling():
+                out_cache[treedef] = axes
         return axes
 
     @functools.wraps(fun)
@@ -180,6 +183,9 @@ def vmap(
             out_leaves, out_def = _api_util.flatten_output(name, out)
             return out_leaves, out_def, out_leaf_axes(out, out_def)
 
+        if torch.compiler.is_compiling():
+            out_leaves, out_def = _traced_call(run, mapped, dims, chunk_size, randomness)
+            return out_def.unflatten(out_leaves)
         versions = _api_util.versions(leaves)
         if chunk_size is None or chunk_size >= size:
             out_leaves, out_def, _ = _batched_call(run, mapped, dims, size, randomness)
@@ -202,6 +208,50 @@ def vmap(
 # output is batched at an *outer* level only: torch rejects it, which breaks vmap(jacfwd(f)).
 # Here in_axes/out_axes go straight to _add_batch_dim/_remove_batch_dim (no movedim), and an
 # output with out_axes None is only refused when it is batched at this vmap's own level.
+
+
+# NOTE [vmap under jit]
+# torch.compile cannot trace functorch's level queries (maybe_get_level) that the eager path
+# above relies on, but it has a dedicated rule for torch.func.vmap. While dynamo traces, vmap
+# therefore hands the flat function to torch.func.vmap with every output on axis 0 and moves
+# axes afterwards (the output structure, hence out_axes per leaf, is only known after the call).
+# An output with out_axes None comes back broadcast along axis 0 and is read at index 0; that
+# it does not depend on the mapped axis is checked while tracing (is_batchedtensor is
+# evaluated at trace time), as torch does: a leaf batched by an *outer* vmap only is refused
+# here, where eager mode accepts it. Chunking and randomness are torch.func.vmap's.
+
+
+def _traced_call(
+    run: Callable[[list[torch.Tensor]], tuple[list[torch.Tensor], Any, list[int | None]]],
+    mapped: Sequence[torch.Tensor],
+    dims: Sequence[int],
+    chunk_size: int | None,
+    randomness: str,
+) -> tuple[list[torch.Tensor], Any]:
+    side: list[tuple[Any, list[int | None]]] = []
+
+    def inner(*batched: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out_leaves, out_def, o_axes = run(list(batched))
+        for i, (o, a) in enumerate(zip(out_leaves, o_axes)):
+            if a is None and is_batchedtensor(o):
+                _batched_none_output(out_def, o_axes, i)
+        side.append((out_def, o_axes))
+        return tuple(out_leaves)
+
+    outs = torch.func.vmap(
+        inner, in_dims=tuple(dims), out_dims=0, randomness=randomness, chunk_size=chunk_size
+    )(*mapped)
+    out_def, o_axes = side[-1]
+    result = []
+    for i, (o, a) in enumerate(zip(outs, o_axes)):
+        if a is None:
+            result.append(o[0])
+            continue
+        rank = o.dim() - 1
+        if not -rank - 1 <= a <= rank:
+            _out_axis_out_of_range(out_def, o_axes, i, a, o[0])
+        result.append(o.movedim(0, a % (rank + 1)))
+    return result, out_def
 
 
 def _batched_call(

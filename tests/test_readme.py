@@ -31,3 +31,11 @@ def test_readme_python_blocks_run() -> None:
     value = namespace["loss"]({"w": leaves[0], "b": leaves[1]}, namespace["x"], namespace["y"])
     ref_w, ref_b = torch.autograd.grad(value, leaves)
     fg.testing.assert_trees_allclose(grads, {"w": ref_w, "b": ref_b}, rtol=1e-4, atol=1e-6)
+    # The jitted SGD step from the new parameters: one more step of the same rule.
+    params = namespace["params"]
+    expected = fg.tree.map(
+        lambda p, g: p - 0.1 * g,
+        params,
+        fg.grad(namespace["loss"])(params, namespace["x"], namespace["y"]),
+    )
+    fg.testing.assert_trees_allclose(namespace["new_params"], expected, rtol=1e-5, atol=1e-6)
