@@ -192,7 +192,7 @@ def _broadcast_traced(
 ) -> None:
     """broadcast_prefix while torch.compile traces: dynamo's stand-in for optree cannot flatten
     a dict of Python constants (an axis spec), so dicts are walked here by key."""
-    if spec is None or isinstance(spec, (int, bool)):
+    if spec is None or optree.tree_is_leaf(spec, namespace=NAMESPACE):
         out.extend([spec] * len(optree.tree_leaves(tree, namespace=NAMESPACE)))
         return
     if isinstance(spec, dict):

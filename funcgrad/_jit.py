@@ -29,8 +29,11 @@
 # the input's storage: a train step's new parameters and optimizer state live where the old ones
 # were, and the step needs no more memory than an in-place torch.optim step. Consequences, which
 # the docstring states: a donated tensor that received an output *is* that output after the call
-# (same object, new values), donated tensors that matched no output are left untouched, and the
-# same tensor cannot be donated twice in one call.
+# (same object, new values), and donated tensors that matched no output are left untouched.
+# Never overwritten: a donated tensor that some output is, or is a view of (the output must keep
+# its values); a tensor appearing twice among the donated leaves gets one output, not two; and
+# 0-d tensors (dynamo on torch 2.13 drops a copy into a 0-d input and returns the stale input,
+# a silently wrong result; their memory does not matter).
 #
 # NOTE [transforms under jit]
 # funcgrad's transforms run unchanged inside jit with two differences while dynamo traces: the
@@ -178,22 +181,38 @@ def _globals_for(fun: Callable[..., Any], default: dict[str, Any]) -> dict[str, 
 # test suite keeps doctest namespaces: see tests/conftest.py.)
 
 
+def _root(x: torch.Tensor) -> torch.Tensor:
+    return x if x._base is None else x._base
+
+
 def _donate(out: Any, donated_args: list[Any]) -> Any:
     """Copies each output leaf into a matching donated tensor (NOTE [donation])."""
     everything: list[Any] = optree.tree_leaves(donated_args, namespace=NAMESPACE)  # type: ignore[arg-type]
-    pool = [x for x in everything if isinstance(x, torch.Tensor)]
     leaves, treedef = optree.tree_flatten(out, namespace=NAMESPACE, none_is_leaf=True)
+    # A donated tensor that an output is, or is a view of, keeps its values: it is not reused.
+    kept = [_root(o) for o in leaves if isinstance(o, torch.Tensor)]
+    # 0-d tensors are not donated: dynamo (torch 2.13) drops a copy_ into a 0-d input and returns
+    # the input unchanged. Each tensor object is donated once, however often it appears.
+    pool: list[torch.Tensor] = []
+    for x in everything:
+        if (
+            isinstance(x, torch.Tensor)
+            and x.dim() > 0
+            and not any(x is y for y in pool)
+            and not any(_root(x) is k for k in kept)
+        ):
+            pool.append(x)
     used = [False] * len(pool)
     new_leaves = []
     for o in leaves:
         if isinstance(o, torch.Tensor):
             for j, d in enumerate(pool):
-                if used[j]:
-                    continue
-                if o is d:
-                    used[j] = True
-                    break
-                if d.shape == o.shape and d.dtype == o.dtype and d.device == o.device:
+                if (
+                    not used[j]
+                    and d.shape == o.shape
+                    and d.dtype == o.dtype
+                    and d.device == o.device
+                ):
                     used[j] = True
                     d.copy_(o)
                     o = d
@@ -391,23 +410,12 @@ class Jitted:
         return entry
 
     def _check_donated(self, args: tuple[Any, ...]) -> None:
-        seen: dict[int, int] = {}
         n = len(args)
         for i in self._donate_nums:
             if not -n <= i < n:
                 continue
             for x in optree.tree_leaves(args[i], namespace=NAMESPACE):
-                if not isinstance(x, torch.Tensor):
-                    continue
-                if id(x) in seen:
-                    raise ValueError(
-                        f"funcgrad.jit({_name(self.fun)}): the same tensor appears twice among "
-                        f"the donated arguments (in argument {seen[id(x)]} and argument {i}); "
-                        "a buffer can receive only one output. Pass a copy (x.clone()) or do "
-                        "not donate one of them."
-                    )
-                seen[id(x)] = i
-                if x.requires_grad and torch.is_grad_enabled():
+                if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
                     raise ValueError(
                         f"funcgrad.jit({_name(self.fun)}): donated argument {i} holds a tensor "
                         "that requires grad; donation writes the outputs into it, which "

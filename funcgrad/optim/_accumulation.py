@@ -364,8 +364,11 @@ def apply_if_finite(
     def init(params: Params) -> ApplyIfFiniteState:
         leaves = _flatten(params)[0]
         count = new_count(leaves)
-        return ApplyIfFiniteState(
-            count, torch.ones((), dtype=torch.bool, device=count.device), count, inner.init(params)
+        return ApplyIfFiniteState(  # two distinct counters: aliased state would recompile a jit
+            count,
+            torch.ones((), dtype=torch.bool, device=count.device),
+            count.clone(),
+            inner.init(params),
         )
 
     def update(
