@@ -44,10 +44,12 @@ __all__ = [
     "reduce",
     "register_dataclass",
     "scale",
+    "stack",
     "structure",
     "sub",
     "transpose",
     "unflatten",
+    "unstack",
     "zeros_like",
 ]
 
@@ -542,3 +544,83 @@ def equal(a: PyTree, b: PyTree) -> bool:
         elif isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor) or not bool(x == y):
             return False
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# Stacking (ensembles)
+# --------------------------------------------------------------------------------------------
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+    """Stacks trees of one structure into one tree whose leaves gain a leading axis.
+
+    Leaf ``i`` of the result is ``torch.stack([leaf i of each tree])``. With :func:`funcgrad.vmap`
+    over that axis, the stacked tree is an ensemble: one call runs every member. The inverse is
+    :func:`unstack`.
+
+    Args:
+        trees: a non-empty sequence of trees with one structure and tensor leaves of matching
+            shapes and dtypes.
+
+    >>> import torch
+    >>> stacked = stack([{"w": torch.zeros(2)}, {"w": torch.ones(2)}])
+    >>> stacked
+    {'w': tensor([[0., 0.],
+            [1., 1.]])}
+    >>> unstack(stacked)
+    [{'w': tensor([0., 0.])}, {'w': tensor([1., 1.])}]
+    """
+    if isinstance(trees, (str, bytes)) or not isinstance(trees, Sequence) or not trees:
+        raise ValueError(
+            "funcgrad.tree.stack: expected a non-empty sequence (list or tuple) of trees, got "
+            f"{trees!r}."
+        )
+    first, treedef = _tensor_leaves("stack", trees[0])
+    columns = [[x] for x in first]
+    for i, tree in enumerate(trees[1:], 1):
+        leaves_, other = _tensor_leaves("stack", tree)
+        if other != treedef:
+            raise ValueError(
+                f"funcgrad.tree.stack: tree {i} has structure {other}, but tree 0 has "
+                f"{treedef}; stack needs trees of one structure."
+            )
+        for j, (column, x) in enumerate(zip(columns, leaves_)):
+            if x.shape != column[0].shape or x.dtype != column[0].dtype:
+                path = optree.tree_accessors(trees[0], namespace=NAMESPACE)[j].codify("tree")
+                raise ValueError(
+                    f"funcgrad.tree.stack: the leaf at {path} is a {column[0].dtype} tensor of "
+                    f"shape {tuple(column[0].shape)} in tree 0 but a {x.dtype} tensor of shape "
+                    f"{tuple(x.shape)} in tree {i}; stacked leaves need one shape and dtype."
+                )
+            column.append(x)
+    return unflatten(treedef, [torch.stack(column) for column in columns])
+
+
+def unstack(tree: PyTree) -> list[PyTree]:
+    """Splits a tree along the leading axis of its leaves: the inverse of :func:`stack`.
+
+    Every leaf must have the same leading size ``n``; the result is a list of ``n`` trees.
+
+    >>> import torch
+    >>> unstack({"a": torch.tensor([1.0, 2.0]), "b": torch.zeros(2, 3)})
+    [{'a': tensor(1.), 'b': tensor([0., 0., 0.])}, {'a': tensor(2.), 'b': tensor([0., 0., 0.])}]
+    """
+    leaves_, treedef = _tensor_leaves("unstack", tree)
+    if not leaves_:
+        raise ValueError(
+            "funcgrad.tree.unstack: the tree has no leaves, so the number of trees to return "
+            "is unknown."
+        )
+    n = leaves_[0].shape[0] if leaves_[0].dim() > 0 else None
+    for i, x in enumerate(leaves_):
+        if x.dim() == 0 or x.shape[0] != n:
+            accessors = optree.tree_accessors(tree, namespace=NAMESPACE)
+            sizes = ", ".join(
+                f"{a.codify('tree')}: {tuple(y.shape)}" for a, y in zip(accessors, leaves_)
+            )
+            raise ValueError(
+                "funcgrad.tree.unstack: every leaf needs the same leading axis size, but the "
+                f"leaf at {accessors[i].codify('tree')} does not match (shapes: {sizes})."
+            )
+    parts = [x.unbind(0) for x in leaves_]
+    return [unflatten(treedef, [p[i] for p in parts]) for i in range(n or 0)]

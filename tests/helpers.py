@@ -526,3 +526,104 @@ def ensemble_runs(opt: Any, nan_steps: list[set[int]]) -> tuple[Any, Any, Any, A
     expected = fg.tree.map(stack, *[p for p, _ in separate])
     expected_state = fg.tree.map(stack, *[s for _, s in separate])
     return params, state, expected, expected_state
+
+
+# --------------------------------------------------------------------------------------------
+# funcgrad.nn layers against torch.nn modules holding the same weights (the test_nn_* modules)
+# --------------------------------------------------------------------------------------------
+
+
+def torch_module(cls: Any, *args: Any, seed: int = 0, **kwargs: Any) -> Any:
+    """A float64 ``torch.nn`` module with weights drawn from a seeded generator (the global
+    RNG is saved and restored, so tests never depend on it)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return cls(*args, **kwargs, dtype=torch.float64)
+
+
+def copy_weights(layer: Any, module: torch.nn.Module) -> Any:
+    """The funcgrad.nn ``layer`` with the parameters of ``module`` (name ``a.b`` -> field
+    ``a_b``, as in ``MultiheadAttention``'s ``out_proj.weight``)."""
+    return layer.replace(
+        **{n.replace(".", "_"): p.detach().clone() for n, p in module.named_parameters()}
+    )
+
+
+def check_layer_against_torch(
+    layer: Any,
+    module: torch.nn.Module,
+    args: tuple[Any, ...],
+    *,
+    call: Callable[..., Any] | None = None,
+    torch_call: Callable[..., Any] | None = None,
+    get: Callable[[Any, str], Any] | None = None,
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+) -> None:
+    """Outputs, and gradients with respect to the parameters and the floating-point inputs,
+    of ``call(layer, *args)`` (``fg.grad``) and ``torch_call(module, *args)`` (torch.autograd)
+    are equal. The gradients are those of ``sum(out * cotangent)`` for a random cotangent.
+    ``get(grads, name)`` finds the gradient of torch's parameter ``name`` in the layer's
+    gradient tree (default: the field ``name`` with dots as underscores)."""
+    get = get or (lambda tree, name: getattr(tree, name.replace(".", "_")))
+    call = call or (lambda m, *a: m(*a))
+    torch_call = torch_call or (lambda m, *a: m(*a))
+    floats = [
+        i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()
+    ]
+    out = call(layer, *args)
+    out_leaves = fg.tree.leaves(out)
+    cotangents = [t(*o.shape, seed=100 + i) for i, o in enumerate(out_leaves)]
+
+    def loss(layer: Any, *args: Any) -> Any:
+        return sum((o * c).sum() for o, c in zip(fg.tree.leaves(call(layer, *args)), cotangents))
+
+    grads = fg.grad(loss, argnums=(0, *(1 + i for i in floats)))(layer, *args)
+
+    module.zero_grad(set_to_none=True)
+    torch_args = [
+        a.detach().clone().requires_grad_(True) if i in floats else a for i, a in enumerate(args)
+    ]
+    ref = torch_call(module, *torch_args)
+    ref_leaves = [r for r in fg.tree.leaves(ref) if isinstance(r, torch.Tensor)]
+    assert_trees_allclose(out_leaves, ref_leaves, rtol=rtol, atol=atol)
+    sum((r * c).sum() for r, c in zip(ref_leaves, cotangents)).backward()
+    expected = {n: p.grad for n, p in module.named_parameters()}
+    got = {n: get(grads[0], n) for n in expected}
+    assert_trees_allclose(got, expected, rtol=rtol, atol=atol)
+    assert_trees_allclose(
+        list(grads[1:]), [torch_args[i].grad for i in floats], rtol=rtol, atol=atol
+    )
+
+
+def ks_distance(samples: torch.Tensor, cdf: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """The Kolmogorov-Smirnov distance between the samples' empirical CDF and ``cdf``.
+
+    For ``n`` independent draws from ``cdf`` it exceeds ``1.95 / sqrt(n)`` with probability
+    0.001 (``KS_CRITICAL``): tests with fixed keys compare against that bound.
+    """
+    x = samples.detach().flatten().double().sort().values
+    n = x.numel()
+    f = cdf(x)
+    upper = torch.arange(1, n + 1, dtype=torch.float64) / n - f
+    lower = f - torch.arange(0, n, dtype=torch.float64) / n
+    return float(torch.maximum(upper, lower).max())
+
+
+KS_CRITICAL = 1.95  # / sqrt(n): the 0.1% critical value of the one-sample KS statistic
+
+
+def assert_distributed(samples: torch.Tensor, cdf: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """The samples pass a Kolmogorov-Smirnov test against ``cdf`` at the 0.1% level."""
+    n = samples.numel()
+    distance = ks_distance(samples, cdf)
+    bound = KS_CRITICAL / n**0.5
+    assert distance < bound, f"KS distance {distance:.4g} >= {bound:.4g} for {n} samples"
+
+
+def uniform_cdf(low: float, high: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: ((x - low) / (high - low)).clamp(0, 1)
+
+
+def normal_cdf(mean: float, std: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: torch.special.ndtr((x - mean) / std)
