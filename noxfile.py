@@ -18,12 +18,14 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 @nox.session
 def tests(session: nox.Session) -> None:
     """Runs the test suite, docstring examples included, with a deterministic hypothesis profile."""
-    session.install(*CONSTRAINTS, "-e", ".[test]")
+    session.install(*CONSTRAINTS, "-e", ".[test,examples]")  # the examples' smoke tests
     env = {
         "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci"),
         "JAX_PLATFORMS": "cpu",
         # JAX is the numerics oracle: in this session a missing JAX is a failure, not a skip.
         "FUNCGRAD_REQUIRE_JAX": "1",
+        # The inductor test of funcgrad.random's bit-exactness (a cold compile takes ~40 s).
+        "FUNCGRAD_INDUCTOR_TESTS": "1",
     }
     session.run("pytest", "funcgrad", "tests", *session.posargs, env=env)
 

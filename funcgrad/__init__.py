@@ -8,7 +8,11 @@ Pure functions, parameters as pytrees, composable transforms (``grad``, ``vmap``
 {'w': tensor([2., 4.])}
 """
 
+from . import data as data
+from . import io as io
+from . import nn as nn
 from . import optim as optim
+from . import random as random
 from . import testing as testing
 from . import tree as tree
 from ._custom import stop_gradient as stop_gradient
@@ -31,14 +35,18 @@ __all__ = [
     "Jitted",
     "Lowered",
     "__version__",
+    "data",
     "grad",
     "hessian",
+    "io",
     "jacfwd",
     "jacrev",
     "jit",
     "jvp",
     "linearize",
+    "nn",
     "optim",
+    "random",
     "stop_gradient",
     "testing",
     "tree",

@@ -10,7 +10,7 @@ import pytest
 
 import funcgrad as fg
 
-MODULES = [fg, fg.tree, fg.testing, fg.optim]
+MODULES = [fg, fg.tree, fg.testing, fg.optim, fg.random, fg.nn, fg.nn.init, fg.io, fg.data]
 
 
 def public_names(*, functions_only: bool = False) -> list[tuple[str, Any]]:
@@ -18,7 +18,8 @@ def public_names(*, functions_only: bool = False) -> list[tuple[str, Any]]:
     for module in MODULES:
         for name in module.__all__:
             obj = getattr(module, name)
-            if isinstance(obj, types.ModuleType) or name.startswith("__") or name.isupper():
+            constant = name.isupper() and not callable(obj)  # NAMESPACE, not MLP
+            if isinstance(obj, types.ModuleType) or name.startswith("__") or constant:
                 continue
             if functions_only and not inspect.isfunction(obj):
                 continue
