@@ -59,6 +59,7 @@ from .tree import NAMESPACE
 __all__ = ["Jitted", "Lowered", "jit"]
 
 _TENSOR = object()  # stands for a tensor leaf in a cache key
+_TENSOR_RG = object()  # a tensor leaf that requires grad
 
 
 class Lowered:
@@ -248,7 +249,7 @@ def _as_str_tuple(value: Any, what: str) -> tuple[str, ...]:
 
 def _leaf_key(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
-        return _TENSOR
+        return _TENSOR_RG if x.requires_grad else _TENSOR
     if type(x) is float:  # nan != nan, and -0.0 == 0.0: compare the bits
         return (float, x.hex())
     return (type(x), x)
@@ -350,7 +351,8 @@ class Jitted:
                 kwargs = {k: v for k, v in kwargs.items() if k not in self._static_names}
         leaves: list[Any]
         leaves, treedef = optree.tree_flatten((args, kwargs), namespace=NAMESPACE)  # type: ignore[arg-type]
-        key = (treedef, tuple(map(_leaf_key, leaves)), static_pos, static_kw)
+        # requires_grad and grad mode are in the key so that donation is checked once per entry.
+        key = (treedef, tuple(map(_leaf_key, leaves)), static_pos, static_kw, grad_enabled())
         return key, args, kwargs, static_pos, static_kw
 
     def _unhashable(
@@ -434,9 +436,9 @@ class Jitted:
             self._unhashable(dyn_args, dyn_kwargs, static_pos, static_kw)
             raise
         if entry is None:
+            if self._donate_nums:
+                self._check_donated(args)
             entry = self._entry(key, static_pos, static_kw, len(dyn_args))
-        if self._donate_nums:
-            self._check_donated(args)
         try:
             return entry.fn(dyn_args, dyn_kwargs)
         except dynamo_exc.TorchDynamoException as e:
@@ -467,6 +469,8 @@ class Jitted:
     def __repr__(self) -> str:
         return f"<funcgrad.jit of {_name(self.fun)}>"
 
+
+grad_enabled: Callable[[], bool] = torch.is_grad_enabled
 
 #: Whether a torch.func transform (grad, vmap, jvp, ...) is active, in eager mode.
 _peek_interpreter_stack: Callable[[], Any] = torch._C._functorch.peek_interpreter_stack

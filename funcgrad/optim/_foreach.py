@@ -176,7 +176,9 @@ def scale_(xs: Tensors, s: Scalar) -> Tensors:
 def add_scalar_(xs: Tensors, s: Scalar) -> Tensors:
     """``x += s`` on the caller's own temporaries."""
     if xs and fast():
-        torch._foreach_add_(xs, s)
+        # A 0-d tensor goes in as a list: the tensor-scalar overload compiles to an .item(),
+        # a device sync on CUDA.
+        torch._foreach_add_(xs, [s] * len(xs) if isinstance(s, torch.Tensor) else s)
         return xs
     return [x + s for x in xs]
 
