@@ -306,5 +306,3 @@ def test_apply_under_jit() -> None:
     assert_trees_allclose(jitted(params, buffers), step(params, buffers), rtol=1e-10, atol=1e-12)
     jitted(params, buffers)
     assert jitted.compile_count == 1
-
-
