@@ -50,6 +50,8 @@ def bench(session: nox.Session) -> None:
     """Runs every benchmark script; each prints a ratio table (see benchmarks/RESULTS.md)."""
     session.install(*CONSTRAINTS, "-e", ".[test]")
     env = {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-    scripts = session.posargs or sorted(str(p) for p in (ROOT / "benchmarks").glob("*.py"))
+    scripts = session.posargs or sorted(
+        str(p) for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_")
+    )
     for script in scripts:
         session.run("python", script, env=env)

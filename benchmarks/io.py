@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _common import cpu_name as _cpu_name
 from safetensors.torch import load_file, save_file
 
 import funcgrad as fg
@@ -97,17 +97,6 @@ def timed(candidates: dict[str, Callable[[], Any]], rounds: int) -> dict[str, fl
             candidates[name]()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _table(title: str, times: dict[str, float], size: int, baseline: str) -> None:

@@ -34,7 +34,6 @@ import ctypes
 import dataclasses
 import datetime
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 import torch.func
 import torch.nn.functional as F
+from _common import cpu_name as _cpu_name
 
 import funcgrad as fg
 from funcgrad import nn, random
@@ -113,17 +113,6 @@ def keep_freed_memory() -> bool:
     return bool(
         libc.mallopt(m_trim_threshold, 2**30) and libc.mallopt(m_mmap_threshold, 32 * 2**20)
     )
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------------------------

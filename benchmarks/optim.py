@@ -31,7 +31,6 @@ import argparse
 import ctypes
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -41,6 +40,7 @@ from typing import Any
 
 import torch
 import torch._inductor.config
+from _common import cpu_name as _cpu_name
 
 import funcgrad as fg
 from funcgrad import optim
@@ -209,17 +209,6 @@ def keep_freed_memory() -> bool:
     return bool(
         libc.mallopt(m_trim_threshold, max_threshold) and libc.mallopt(m_mmap_threshold, 32 * 2**20)
     )
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.func
+from _common import cpu_name as _cpu_name
 
 import funcgrad as fg
 
@@ -149,17 +149,6 @@ def _jax_dict(n: int) -> dict[str, Callable[[], Any]] | None:
         "value_and_grad": lambda: jax.block_until_ready(vg(params, x)),
         "vmap": lambda: vm(params, xs).block_until_ready(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

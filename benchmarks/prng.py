@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch._inductor.config
+from _common import cpu_name as _cpu_name
 
 import funcgrad as fg
 from funcgrad import random
@@ -58,17 +58,6 @@ def compare(candidates: dict[str, Callable[[], Any]], rounds: int, sample_s: flo
         for name in names if r % 2 == 0 else names[::-1]:
             samples[name].append(_time_per_call(candidates[name], calls[name]))
     return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _jax_candidate(n: int, key: torch.Tensor) -> tuple[Callable[[], Any], np.ndarray] | None:
