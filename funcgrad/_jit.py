@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import types
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import optree
 import torch
-import torch._dynamo.exc as dynamo_exc
 
 from . import _api_util
 from .tree import NAMESPACE
@@ -441,8 +441,10 @@ class Jitted:
             entry = self._entry(key, static_pos, static_kw, len(dyn_args))
         try:
             return entry.fn(dyn_args, dyn_kwargs)
-        except dynamo_exc.TorchDynamoException as e:
-            raise _compile_error(self.fun, e, args, kwargs) from e
+        except Exception as e:
+            if _is_compile_failure(e):
+                raise _compile_error(self.fun, e, args, kwargs) from e
+            raise
 
     def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """Compiles ``fun`` for these arguments and returns the captured graph.
@@ -512,13 +514,25 @@ _WHY = {
 }
 
 
+# torch._dynamo is imported lazily: importing it costs over a second, and by the time a compiled
+# function has raised, torch.compile has imported it.
+def _is_compile_failure(e: BaseException) -> bool:
+    exc = sys.modules.get("torch._dynamo.exc")
+    return exc is not None and isinstance(e, exc.TorchDynamoException)
+
+
+def _is_torch_runtime_error(e: BaseException) -> bool:
+    exc = sys.modules.get("torch._dynamo.exc")
+    return exc is not None and isinstance(e, exc.TorchRuntimeError)
+
+
 def _compile_error(
     fun: Callable[..., Any], e: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> BaseException:
     """Turns a torch.compile failure into funcgrad's error (or the function's own error)."""
     name = _name(fun)
     gb_type = getattr(e, "gb_type", "")
-    if gb_type == "Observed exception" or isinstance(e, dynamo_exc.TorchRuntimeError):
+    if gb_type == "Observed exception" or _is_torch_runtime_error(e):
         # The function raised while being traced: rerun it eagerly for its own error message.
         try:
             fun(*args, **kwargs)

@@ -77,3 +77,26 @@ def test_jitted_donated_step_follows_the_eager_trajectory(name: str) -> None:
         params, state, loss = jstep(params, state, x, y)
         assert_trees_allclose((params, state, loss), (ref_params, ref_state, ref_loss))
     assert jstep.compile_count == 1
+
+
+def test_vmapped_ensemble_step_under_jit() -> None:
+    """vmap over stacked parameters and optimizer states inside jit (an ensemble of 3): the
+    foreach kernels, which have no batching rules, are not used under the inner vmap."""
+    opt = optim.adam(0.05)
+
+    def step(p: Any, s: Any, x: torch.Tensor, y: torch.Tensor) -> Any:
+        g = fg.grad(_loss)(p, x, y)
+        updates, s = opt.update(g, s, p)
+        return optim.apply_updates(p, updates), s
+
+    params, x, y = _problem()
+    members = [fg.tree.map(lambda t, k=k: t + 0.1 * k, params) for k in range(3)]
+    stacked = fg.tree.stack(members)
+    states = fg.vmap(opt.init)(stacked)
+    ensemble = fg.vmap(step, in_axes=(0, 0, None, None))
+    jitted = fg.jit(ensemble, backend="aot_eager")
+    ref = ensemble(stacked, states, x, y)
+    assert_trees_allclose(jitted(stacked, states, x, y), ref)
+    separate = [step(m, opt.init(m), x, y)[0] for m in members]
+    assert_trees_allclose(ref[0], fg.tree.stack(separate))
+    assert jitted.compile_count == 1

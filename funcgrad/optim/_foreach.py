@@ -25,7 +25,9 @@ __all__: list[str] = []
 
 def fast() -> bool:
     """Whether foreach kernels may be used here (not inside a torch.func transform)."""
-    return torch.compiler.is_compiling() or peek_interpreter_stack() is None
+    # Also while torch.compile traces: dynamo evaluates peek_interpreter_stack at trace time, so a
+    # vmap inside a jitted function (an ensemble step) takes the per-leaf path, as in eager mode.
+    return peek_interpreter_stack() is None
 
 
 def scale(xs: Tensors, s: Scalar) -> Tensors:
