@@ -1,4 +1,4 @@
-"""Sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s bench``."""
+"""Sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``examples``."""
 
 from __future__ import annotations
 
@@ -55,3 +55,14 @@ def bench(session: nox.Session) -> None:
     )
     for script in scripts:
         session.run("python", script, env=env)
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    """Runs every example script in its default configuration (outputs under runs/)."""
+    session.install(*CONSTRAINTS, "-e", ".[examples]")
+    scripts = session.posargs or sorted(
+        str(p) for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_")
+    )
+    for script in scripts:
+        session.run("python", script)
