@@ -352,7 +352,7 @@ class Jitted:
         leaves: list[Any]
         leaves, treedef = optree.tree_flatten((args, kwargs), namespace=NAMESPACE)  # type: ignore[arg-type]
         # requires_grad and grad mode are in the key so that donation is checked once per entry.
-        key = (treedef, tuple(map(_leaf_key, leaves)), static_pos, static_kw, grad_enabled())
+        key = (treedef, tuple(map(_leaf_key, leaves)), static_pos, static_kw, _grad_enabled())
         return key, args, kwargs, static_pos, static_kw
 
     def _unhashable(
@@ -412,12 +412,14 @@ class Jitted:
         return entry
 
     def _check_donated(self, args: tuple[Any, ...]) -> None:
+        if not torch.is_grad_enabled():
+            return
         n = len(args)
         for i in self._donate_nums:
             if not -n <= i < n:
                 continue
             for x in optree.tree_leaves(args[i], namespace=NAMESPACE):
-                if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
+                if isinstance(x, torch.Tensor) and x.requires_grad:
                     raise ValueError(
                         f"funcgrad.jit({_name(self.fun)}): donated argument {i} holds a tensor "
                         "that requires grad; donation writes the outputs into it, which "
@@ -442,7 +444,7 @@ class Jitted:
         try:
             return entry.fn(dyn_args, dyn_kwargs)
         except Exception as e:
-            if _is_compile_failure(e):
+            if _dynamo_error(e):
                 raise _compile_error(self.fun, e, args, kwargs) from e
             raise
 
@@ -472,7 +474,7 @@ class Jitted:
         return f"<funcgrad.jit of {_name(self.fun)}>"
 
 
-grad_enabled: Callable[[], bool] = torch.is_grad_enabled
+_grad_enabled: Callable[[], bool] = torch.is_grad_enabled
 
 #: Whether a torch.func transform (grad, vmap, jvp, ...) is active, in eager mode.
 _peek_interpreter_stack: Callable[[], Any] = torch._C._functorch.peek_interpreter_stack
@@ -516,14 +518,10 @@ _WHY = {
 
 # torch._dynamo is imported lazily: importing it costs over a second, and by the time a compiled
 # function has raised, torch.compile has imported it.
-def _is_compile_failure(e: BaseException) -> bool:
+def _dynamo_error(e: BaseException, kind: str = "TorchDynamoException") -> bool:
+    """Whether ``e`` is torch.compile's ``kind`` of error (a torch._dynamo.exc class)."""
     exc = sys.modules.get("torch._dynamo.exc")
-    return exc is not None and isinstance(e, exc.TorchDynamoException)
-
-
-def _is_torch_runtime_error(e: BaseException) -> bool:
-    exc = sys.modules.get("torch._dynamo.exc")
-    return exc is not None and isinstance(e, exc.TorchRuntimeError)
+    return exc is not None and isinstance(e, getattr(exc, kind))
 
 
 def _compile_error(
@@ -532,7 +530,7 @@ def _compile_error(
     """Turns a torch.compile failure into funcgrad's error (or the function's own error)."""
     name = _name(fun)
     gb_type = getattr(e, "gb_type", "")
-    if gb_type == "Observed exception" or _is_torch_runtime_error(e):
+    if gb_type == "Observed exception" or _dynamo_error(e, "TorchRuntimeError"):
         # The function raised while being traced: rerun it eagerly for its own error message.
         try:
             fun(*args, **kwargs)

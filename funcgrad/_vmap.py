@@ -103,9 +103,9 @@ def vmap(
     in_cache: dict[Any, list[int | None]] = {}
     out_cache: dict[Any, list[int | None]] = {}
 
-    def in_leaf_axes(args: tuple[Any, ...], treedef: Any) -> list[int | None]:
-        # While torch.compile traces, tree structures are dynamo's stand-ins: no caching.
-        axes = None if torch.compiler.is_compiling() else in_cache.get(treedef)
+    # While torch.compile traces (``tracing``), tree structures are dynamo's stand-ins: no caching.
+    def in_leaf_axes(args: tuple[Any, ...], treedef: Any, tracing: bool) -> list[int | None]:
+        axes = None if tracing else in_cache.get(treedef)
         if axes is None:
             if isinstance(in_axes, tuple) and len(in_axes) != len(args):
                 raise ValueError(
@@ -115,23 +115,24 @@ def vmap(
                 )
             spec = in_axes if not isinstance(in_axes, tuple) else tuple(in_axes)
             axes = _api_util.broadcast_prefix(name, spec, args, "args", "in_axes")
-            if not torch.compiler.is_compiling():
+            if not tracing:
                 in_cache[treedef] = axes
         return axes
 
-    def out_leaf_axes(out: Any, treedef: Any) -> list[int | None]:
-        axes = None if torch.compiler.is_compiling() else out_cache.get(treedef)
+    def out_leaf_axes(out: Any, treedef: Any, tracing: bool) -> list[int | None]:
+        axes = None if tracing else out_cache.get(treedef)
         if axes is None:
             axes = _api_util.broadcast_prefix(name, out_axes, out, "output", "out_axes")
-            if not torch.compiler.is_compiling():
+            if not tracing:
                 out_cache[treedef] = axes
         return axes
 
     @functools.wraps(fun)
     def vmapped(*args: Any, **kwargs: Any) -> Any:
+        tracing = torch.compiler.is_compiling()
         leaves: list[Any]
         leaves, treedef = optree.tree_flatten(args, namespace=NAMESPACE)  # type: ignore[arg-type]
-        axes = in_leaf_axes(args, treedef)
+        axes = in_leaf_axes(args, treedef, tracing)
         n_pos = len(leaves)
         kw_def = None
         if kwargs:
@@ -181,9 +182,9 @@ def vmap(
             call_kwargs: Any = {} if kw_def is None else kw_def.unflatten(full[n_pos:])
             out = fun(*call_args, **call_kwargs)
             out_leaves, out_def = _api_util.flatten_output(name, out)
-            return out_leaves, out_def, out_leaf_axes(out, out_def)
+            return out_leaves, out_def, out_leaf_axes(out, out_def, tracing)
 
-        if torch.compiler.is_compiling():
+        if tracing:
             out_leaves, out_def = _traced_call(run, mapped, dims, chunk_size, randomness)
             return out_def.unflatten(out_leaves)
         versions = _api_util.versions(leaves)
