@@ -57,12 +57,23 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+_DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    """Waits for the device's queued work (CUDA runs asynchronously), so timers read real time."""
+    if _DEVICE.type == "cuda":
+        torch.cuda.synchronize(_DEVICE)
+
+
 def _time_per_call(fn: Callable[[], Any], calls: int) -> tuple[float, float]:
     """Seconds and minor page faults per call over ``calls`` back-to-back calls."""
+    _sync()
     faults = _minor_faults()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
+    _sync()
     return (time.perf_counter() - start) / calls, (_minor_faults() - faults) / calls
 
 
@@ -114,12 +125,12 @@ def transformer_params(d: int, layers: int, vocab: int, context: int) -> list[to
             randn(4 * d, d), torch.zeros(d),  # MLP out
         ]  # fmt: skip
     params += [torch.ones(d), torch.zeros(d)]
-    return params
+    return [p.to(_DEVICE) for p in params]
 
 
 def random_grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return [torch.randn(p.shape, generator=g) for p in params]
+    return [torch.randn(p.shape, generator=g).to(_DEVICE) for p in params]
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,8 +196,10 @@ def check_one_step(
     expected = [p.float() for p in ref.current()]
     first = {}
     for name, step in steps.items():
+        _sync()
         t0 = time.perf_counter()
         step()
+        _sync()
         first[name] = time.perf_counter() - t0
         got = step.params if isinstance(step, FuncgradStep) else step.current()
         fg.testing.assert_trees_allclose(list(got), expected, rtol=1e-5, atol=1e-6)
@@ -218,6 +231,11 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="eager variants only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda when available)",
+    )
+    parser.add_argument(
         "--keep-freed-memory", action="store_true", help="glibc: reuse freed memory (mallopt)"
     )
     parser.add_argument(
@@ -238,6 +256,8 @@ def main() -> None:
 
 def run(opts: argparse.Namespace) -> None:
     """Builds the model and the candidates, times them and prints the tables."""
+    global _DEVICE
+    _DEVICE = torch.device(opts.device)
     malloc = "default malloc"
     if opts.keep_freed_memory:
         malloc = "mallopt: freed memory kept" if keep_freed_memory() else "mallopt unavailable"
@@ -266,8 +286,11 @@ def run(opts: argparse.Namespace) -> None:
     timings = compare({**eager, **compiled}, rounds)
     med = {name: t for name, (t, _) in timings.items()}
 
+    where = _cpu_name()
+    if _DEVICE.type == "cuda":
+        where = f"{torch.cuda.get_device_name(_DEVICE)} (host: {where})"
     print(
-        f"# funcgrad.optim.adam vs torch.optim.Adam — {datetime.date.today()}, {_cpu_name()}, "
+        f"# funcgrad.optim.adam vs torch.optim.Adam — {datetime.date.today()}, {where}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, torch threads "
         f"{torch.get_num_threads()}, {malloc}, {rounds} rounds, median per step, "
         f"{'warm' if opts.warm_cache else 'cold'} inductor cache"

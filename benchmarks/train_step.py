@@ -49,7 +49,8 @@ processes running, OpenMP's thread barriers make torch's times swing far more th
 
 Run: ``python benchmarks/train_step.py`` (``--quick``: tiny sizes and few rounds on
 ``small-mlp,per-example,memory``, a smoke run of 2-3 minutes; ``--workloads mlp,cnn`` to choose;
-``--device cuda``). Inductor's caches start empty for each run (a fresh directory, shared with
+``--device cuda``; on CUDA every variant computes in float32: TF32 off in cuDNN and in JAX,
+which runs on the GPU too). Inductor's caches start empty for each run (a fresh directory, shared with
 the memory subprocesses, so that a graph compiled twice in one run compiles once) unless
 ``--warm-cache``; the "first call" column includes compilation.
 """
@@ -90,7 +91,6 @@ JIT_PLAIN = "fg.jit(step), no donation"
 RAW = "torch.compile(same functional step), no fg.jit"
 JIT_CUDA_GRAPHS = "fg.jit(step), donated, reduce-overhead"
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -776,6 +776,14 @@ def main() -> None:
         if hasattr(os, "sched_setaffinity"):  # binds JAX's thread pool too (XLA_FLAGS do not)
             os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: opts.threads])
     device = torch.device(opts.device)
+    # JAX is imported lazily, after this: it runs on the same kind of device as torch.
+    os.environ.setdefault("JAX_PLATFORMS", "cuda" if device.type == "cuda" else "cpu")
+    if device.type == "cuda":
+        # float32 arithmetic in every variant: TF32 off in cuDNN (torch's matmuls already keep
+        # it off) and in JAX's matmuls and convolutions; JAX allocates on demand, as torch does.
+        torch.backends.cudnn.allow_tf32 = False
+        os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     torch._dynamo.config.recompile_limit = 64
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     if opts.memory_child:

@@ -21,7 +21,7 @@ from typing import Any
 import optree
 import torch
 
-from .tree import NAMESPACE
+from .tree import NAMESPACE, _same_structure
 
 __all__: list[str] = []
 
@@ -456,7 +456,7 @@ def check_like(
 ) -> list[torch.Tensor]:
     """Checks ``got_tree`` against an expected structure, shapes and dtypes; returns its leaves."""
     leaves, treedef = optree.tree_flatten(got_tree, namespace=NAMESPACE)
-    if treedef != expected_def:
+    if not _same_structure(treedef, expected_def):
         raise ValueError(
             f"funcgrad.{name}: the {what} must have the structure {expected_def}, but got "
             f"{treedef}. {hint}"

@@ -56,6 +56,25 @@ __all__ = [
 #: The optree namespace that funcgrad registers its node types in.
 NAMESPACE = "funcgrad"
 
+# NOTE [treedef equality under torch.compile]
+# On torch 2.13 dynamo traces ``treedef_a == treedef_b``. Older dynamo (2.11 seen on a CUDA
+# machine) replaces optree's PyTreeSpec with a Python polyfill whose ``__eq__`` compares the
+# node's function objects and fails ("Polyfill handler <method-wrapper '__eq__' of function
+# object> does not have a traceable function"), which broke every jitted optimizer step there.
+# While such a dynamo traces, structures are compared by what it can trace: the number of nodes,
+# the root's type and every leaf's key path. That tells apart every pair of structures a
+# transform meets in practice (different keys, lengths or nesting); outside tracing, and on
+# torch >= 2.13, the comparison is optree's exact one.
+_TREEDEF_EQ_TRACEABLE = torch.torch_version.TorchVersion(torch.__version__) >= "2.13"
+
+
+def _same_structure(a: PyTreeDef, b: PyTreeDef) -> bool:
+    """``a == b`` for two treedefs, also under an older dynamo (NOTE above)."""
+    if _TREEDEF_EQ_TRACEABLE or not torch.compiler.is_compiling():
+        return bool(a == b)
+    return bool(a.num_nodes == b.num_nodes and a.type is b.type and a.paths() == b.paths())
+
+
 _T = TypeVar("_T")
 _MISSING: Any = object()
 
@@ -579,7 +598,7 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
     columns = [[x] for x in first]
     for i, tree in enumerate(trees[1:], 1):
         leaves_, other = _tensor_leaves("stack", tree)
-        if other != treedef:
+        if not _same_structure(other, treedef):
             raise ValueError(
                 f"funcgrad.tree.stack: tree {i} has structure {other}, but tree 0 has "
                 f"{treedef}; stack needs trees of one structure."

@@ -139,6 +139,8 @@ def test_sequential_container_protocol() -> None:
     assert next(iter(seq)) is lin
     assert isinstance(seq[:2], nn.Sequential)
     assert len(seq[:2]) == 2
+    assert bool(nn.Sequential())
+    assert bool(seq)
     assert len(fg.tree.leaves(seq)) == 2
     assert repr(seq).startswith("Sequential(layers=(Linear(in_features=2")
     nested = nn.Sequential(seq[:2], nn.Sequential(nn.BatchNorm(2)))

@@ -834,3 +834,28 @@ def test_norm_squared_needs_ord_2(ord):
     match = rf"funcgrad\.tree\.norm: squared=True needs ord=2, got ord={ord!r}"
     with pytest.raises(ValueError, match=match):
         fg.tree.norm([torch.ones(2)], ord, squared=True)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_structure_checks_under_jit_on_every_dynamo(exact: bool, monkeypatch: Any) -> None:
+    """A jitted optimizer step compares treedefs while tracing: with optree's exact equality
+    (torch >= 2.13) and with the traceable comparison used under older dynamo (NOTE [treedef
+    equality under torch.compile]); both accept equal structures and name a differing key."""
+    import funcgrad.tree as fg_tree
+
+    monkeypatch.setattr(fg_tree, "_TREEDEF_EQ_TRACEABLE", exact)
+    opt = fg.optim.adam(0.1)
+
+    def step(p: Any, s: Any) -> Any:
+        u, s = opt.update(p, s, p)
+        return fg.optim.apply_updates(p, u), s
+
+    p = {"w": torch.ones(3, dtype=torch.float64), "b": [torch.zeros(2, dtype=torch.float64), None]}
+    got = fg.jit(step, backend="aot_eager")(p, opt.init(p))
+    assert_trees_allclose(got, step(p, opt.init(p)))
+    other = {"w": torch.ones(3), "c": [torch.zeros(2), None]}
+    with pytest.raises(ValueError, match=r"it has tree\['c'\]\[0\], which the updates do not"):
+        fg.jit(step, backend="aot_eager")(p, opt.init(other))
+    a, b = fg.tree.structure(p), fg.tree.structure(other)
+    assert fg_tree._same_structure(a, fg.tree.structure(p))
+    assert not fg_tree._same_structure(a, b)

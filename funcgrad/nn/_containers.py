@@ -120,6 +120,12 @@ class Sequential(Module):
     def __len__(self) -> int:
         return len(self.layers)
 
+    def __bool__(self) -> bool:
+        # A model is always true, also empty; and truth never looks at ``layers``: older dynamo
+        # (torch 2.11) tests the truth of a Sequential while unflattening it, before ``layers``
+        # is set, which made ``__len__`` raise AttributeError inside every jitted step.
+        return True
+
     def __iter__(self) -> Iterator[Any]:
         return iter(self.layers)
 

@@ -12,7 +12,7 @@ from torch._C._functorch import peek_interpreter_stack
 
 from .. import _api_util
 from .._typing import PyTree
-from ..tree import NAMESPACE
+from ..tree import NAMESPACE, _same_structure
 from . import _foreach
 
 __all__ = [
@@ -208,7 +208,7 @@ def flat_like(
 ) -> list[Any]:
     """The leaves of ``tree``, which must have structure ``treedef`` (that of ``reference``)."""
     leaves, got = optree.tree_flatten(tree, namespace=NAMESPACE)
-    if got != treedef:
+    if not _same_structure(got, treedef):
         raise ValueError(
             f"funcgrad.optim.{name}: the {what} must have the structure of the {reference_what}, "
             f"{treedef}, but got {got}{_first_difference(tree, reference, reference_what)}. Pass "

@@ -178,9 +178,14 @@ def scale_(xs: Tensors, s: Scalar) -> Tensors:
 def add_scalar_(xs: Tensors, s: Scalar) -> Tensors:
     """``x += s`` on the caller's own temporaries."""
     if xs and fast():
-        # A 0-d tensor goes in as a list: the tensor-scalar overload compiles to an .item(),
-        # a device sync on CUDA.
-        torch._foreach_add_(xs, [s] * len(xs) if isinstance(s, torch.Tensor) else s)
+        if isinstance(s, torch.Tensor) and torch.compiler.is_compiling():
+            # Traced, the tensor-scalar overload becomes an .item() (a device sync on CUDA);
+            # a list of the 0-d tensor broadcasts instead, and inductor fuses it.
+            torch._foreach_add_(xs, [s] * len(xs))
+        else:
+            # Eager, that list would broadcast one leaf at a time (a kernel launch per leaf
+            # on CUDA); the tensor-scalar overload is one fused kernel.
+            torch._foreach_add_(xs, s)
         return xs
     return [x + s for x in xs]
 
