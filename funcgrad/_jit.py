@@ -505,7 +505,7 @@ def _name(fun: Any) -> str:
 
 _WHY = {
     "Data-dependent branching": (
-        "Python control flow (if/while/and/or/bool()) on a tensor's value",
+        "Python control flow (if/while/and/or/bool()) on a tensor's value, or on .item() of it",
         "express the branch with torch.where or funcgrad.lax.cond; if the value is a Python "
         "setting, pass it as a static argument (static_argnums/static_argnames)",
     ),
@@ -540,6 +540,8 @@ def _compile_error(
             return eager
     text = str(e).strip()
     where = _where(e)
+    if "Could not guard on data-dependent expression" in text:  # e.g. ``if x.item() > 0``
+        gb_type = "Data-dependent branching"
     why, fix = _WHY.get(
         gb_type,
         (

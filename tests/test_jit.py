@@ -265,6 +265,19 @@ def test_graph_break_error_says_where_why_and_how_to_fix() -> None:
     assert_trees_allclose(jit(f, fullgraph=False)(x3() + 5), x3() + 5)
 
 
+def test_branch_on_item_gets_the_control_flow_explanation() -> None:
+    """``if x.item() > 0`` fails as a data-dependent guard (not a graph break): same Why/Fix."""
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        if x.sum().item() > 0:
+            return x
+        return -x
+
+    with pytest.raises(RuntimeError, match=r"(?s)if x.sum\(\).item\(\) > 0.*Why: Python control "
+                       r"flow .*\.item\(\) of it.*torch.where or funcgrad.lax.cond"):  # fmt: skip
+        jit(f, backend="aot_eager")(x3())
+
+
 def test_print_inside_is_a_graph_break_with_its_reason() -> None:
     def f(x: torch.Tensor) -> torch.Tensor:
         print("inside")

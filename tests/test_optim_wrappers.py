@@ -94,6 +94,19 @@ def test_inject_hyperparams_sgd_learning_rate_edit() -> None:
     assert_leaves_close(state.inner_state, theirs_state.inner_state)
 
 
+def test_injected_weight_decay_needs_params_and_says_why() -> None:
+    """sgd's default weight_decay=0.0 becomes a tensor under inject_hyperparams, so the decay
+    step needs params: the error says so and names the static_args way out, which works."""
+    p = {"w": torch.tensor([1.0, -2.0])}
+    opt = optim.inject_hyperparams(optim.sgd)(learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"add_decayed_weights: .*needs the current param.*"
+                       r"weight_decay is a tensor here .*static_args=\('weight_decay',\)"):  # fmt: skip
+        opt.update(p, opt.init(p))
+    assert_trees_allclose(opt.update(p, opt.init(p), p)[0], {"w": torch.tensor([-0.1, 0.2])})
+    plain = optim.inject_hyperparams(optim.sgd, static_args=("weight_decay",))(learning_rate=0.1)
+    assert_trees_allclose(plain.update(p, plain.init(p))[0], {"w": torch.tensor([-0.1, 0.2])})
+
+
 @settings(max_examples=10)
 @given(tree=trees())
 def test_inject_hyperparams_without_edits_is_the_factory(tree: Any) -> None:

@@ -229,11 +229,11 @@ def _first_difference(a: PyTree, b: PyTree, b_what: str) -> str:
     return ""
 
 
-def require_params(name: str, params: Params | None) -> Params:
+def require_params(name: str, params: Params | None, hint: str = "") -> Params:
     if params is None:
         raise ValueError(
             f"funcgrad.optim.{name}: this transformation needs the current parameters; call "
-            "update(updates, state, params) with params."
+            f"update(updates, state, params) with params.{hint}"
         )
     return params
 

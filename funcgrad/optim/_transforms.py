@@ -364,7 +364,14 @@ def add_decayed_weights(
     def update(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
-        p = require_params(name, params)
+        hint = ""
+        if isinstance(weight_decay, torch.Tensor):
+            hint = (
+                " weight_decay is a tensor here (inject_hyperparams makes every numeric "
+                "hyperparameter one, even a default 0.0), so the decay is part of every step: "
+                "pass params, or static_args=('weight_decay',) to inject_hyperparams for none."
+            )
+        p = require_params(name, params, hint)
         g, treedef = _flatten(updates)
         p_leaves = flat_like(name, "params", p, treedef, updates)
         if mask is None:
