@@ -9,7 +9,10 @@ Pure functions, parameters as pytrees, composable transforms (``grad``, ``vmap``
 """
 
 from . import data as data
+from . import debug as debug
+from . import distributed as distributed
 from . import io as io
+from . import lax as lax
 from . import nn as nn
 from . import optim as optim
 from . import random as random
@@ -36,6 +39,8 @@ __all__ = [
     "Lowered",
     "__version__",
     "data",
+    "debug",
+    "distributed",
     "grad",
     "hessian",
     "io",
@@ -43,6 +48,7 @@ __all__ = [
     "jacrev",
     "jit",
     "jvp",
+    "lax",
     "linearize",
     "nn",
     "optim",

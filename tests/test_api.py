@@ -10,7 +10,10 @@ import pytest
 
 import funcgrad as fg
 
-MODULES = [fg, fg.tree, fg.testing, fg.optim, fg.random, fg.nn, fg.nn.init, fg.io, fg.data]
+MODULES = [
+    fg, fg.tree, fg.testing, fg.optim, fg.random, fg.nn, fg.nn.init, fg.io, fg.data, fg.lax,
+    fg.debug, fg.distributed,
+]  # fmt: skip
 
 
 def public_names(*, functions_only: bool = False) -> list[tuple[str, Any]]:
