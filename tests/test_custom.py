@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import helpers
 import pytest
 import torch
 from helpers import Point, t
-from hypothesis import given
+from hypothesis import given, settings
 
 import funcgrad as fg
 from funcgrad.testing import assert_trees_allclose
@@ -249,3 +250,363 @@ def test_grad_of_inner_product_with_stopped_copy(tree):
     assert_trees_allclose(fg.grad(lambda x: fg.tree.dot(sg(x), x))(tree), tree)
     zero = fg.grad(lambda x: fg.tree.dot(sg(x), sg(x)))(tree)
     assert_trees_allclose(zero, fg.tree.zeros_like(tree))
+
+
+# ============================================================================================
+# custom_jvp and custom_vjp, against jax.custom_jvp / jax.custom_vjp with the same rules
+# ============================================================================================
+
+# Exported as fg.custom_vjp / fg.custom_jvp once funcgrad/__init__.py re-exports them.
+from funcgrad._custom import custom_jvp, custom_vjp  # noqa: E402
+
+# dynamo instantiates autograd.Function contexts while tracing one (a torch-internal warning).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:<class 'torch.autograd.function.Function'> should not be instantiated:DeprecationWarning"
+)
+
+
+def _aot(f: Any) -> Any:
+    return fg.jit(f, backend="aot_eager")
+
+
+# --------------------------------------------------------------------------------------------
+# log1pexp: a numerically stable derivative (custom_jvp), the JAX documentation's example
+# --------------------------------------------------------------------------------------------
+
+
+@custom_jvp
+def log1pexp(x):
+    return torch.log1p(torch.exp(x))
+
+
+@log1pexp.defjvp
+def _log1pexp_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return log1pexp(x), t * (1 - 1 / (1 + torch.exp(x)))
+
+
+def _jax_log1pexp() -> Any:
+    jax, jnp = helpers.require_jax()
+
+    @jax.custom_jvp
+    def f(x):
+        return jnp.log1p(jnp.exp(x))
+
+    @f.defjvp
+    def f_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return f(x), t * (1 - 1 / (1 + jnp.exp(x)))
+
+    return f
+
+
+_X_LOG1PEXP = torch.tensor([-3.0, 0.0, 0.7, 10.0, 100.0, 800.0], dtype=torch.float64)
+
+
+def test_log1pexp_grad_is_finite_where_autodiff_is_not():
+    """The rule gives 1 at x=800 where autodiff of log1p(exp(x)) gives NaN."""
+    x = _X_LOG1PEXP
+    naive = fg.grad(lambda x: torch.log1p(torch.exp(x)).sum())(x)
+    assert torch.isnan(naive[-1])
+    assert_trees_allclose(fg.grad(lambda x: log1pexp(x).sum())(x), torch.sigmoid(x))
+
+
+@pytest.mark.parametrize("mode", ["grad", "vmap_grad", "jit_grad", "jvp", "vjp", "grad_grad"])
+def test_log1pexp_matches_jax(mode):
+    """Every mode of differentiation of the custom_jvp function equals JAX's."""
+    jax, _ = helpers.require_jax()
+    jf = _jax_log1pexp()
+    x = _X_LOG1PEXP
+    jx = helpers.to_jax(x)
+    if mode == "grad":
+        actual, expected = (
+            fg.grad(lambda x: log1pexp(x).sum())(x),
+            jax.grad(lambda x: jf(x).sum())(jx),
+        )
+    elif mode == "vmap_grad":
+        actual, expected = fg.vmap(fg.grad(log1pexp))(x), jax.vmap(jax.grad(jf))(jx)
+    elif mode == "jit_grad":
+        actual = _aot(fg.grad(lambda x: log1pexp(x).sum()))(x)
+        expected = jax.jit(jax.grad(lambda x: jf(x).sum()))(jx)
+    elif mode == "jvp":
+        v = t(6, seed=1)
+        actual, expected = fg.jvp(log1pexp, (x,), (v,)), jax.jvp(jf, (jx,), (helpers.to_jax(v),))
+    elif mode == "vjp":
+        v = t(6, seed=2)
+        out, vjp_fn = fg.vjp(log1pexp, x)
+        jout, jvjp_fn = jax.vjp(jf, jx)
+        actual, expected = (out, vjp_fn(v)), (jout, jvjp_fn(helpers.to_jax(v)))
+    else:
+        actual = fg.vmap(fg.grad(fg.grad(log1pexp)))(x)
+        expected = jax.vmap(jax.grad(jax.grad(jf)))(jx)
+    assert_trees_allclose(actual, expected)
+
+
+def test_log1pexp_hessian_forward_over_reverse_matches_jax():
+    """jacfwd(jacrev(f)) and jvp(grad(f)) differentiate the rule, as in JAX."""
+    jax, _ = helpers.require_jax()
+    jf = _jax_log1pexp()
+    x = t(4, seed=3)
+    expected = jax.hessian(lambda x: jf(x).sum())(helpers.to_jax(x))
+    assert_trees_allclose(fg.hessian(lambda x: log1pexp(x).sum())(x), expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Straight-through estimator (custom_vjp): round forward, identity backward
+# --------------------------------------------------------------------------------------------
+
+
+@custom_vjp
+def ste_round(x):
+    return torch.round(x)
+
+
+ste_round.defvjp(lambda x: (ste_round(x), None), lambda _, g: (g,))
+
+
+def _jax_ste() -> Any:
+    jax, jnp = helpers.require_jax()
+
+    @jax.custom_vjp
+    def f(x):
+        return jnp.round(x)
+
+    f.defvjp(lambda x: (f(x), None), lambda _, g: (g,))
+    return f
+
+
+def _ste_loss(ste: Any, lib: Any) -> Any:
+    return lambda w, x: ((ste(x * w) * lib.tanh(w)) ** 2).sum()
+
+
+@pytest.mark.parametrize("mode", ["grad", "vmap_grad", "jit_grad", "grad_grad"])
+def test_straight_through_custom_vjp_matches_jax(mode):
+    """grad, per-example grad, jit(grad) and grad-of-grad through the STE equal JAX's."""
+    jax, jnp = helpers.require_jax()
+    w, xs = 2 * t(3, seed=4), 3 * t(5, 3, seed=5)
+    f, jf = _ste_loss(ste_round, torch), _ste_loss(_jax_ste(), jnp)
+    jw, jxs = helpers.to_jax((w, xs))
+    if mode == "grad":
+        actual, expected = fg.grad(f)(w, xs), jax.grad(jf)(jw, jxs)
+    elif mode == "vmap_grad":
+        actual = fg.vmap(fg.grad(f), in_axes=(None, 0))(w, xs)
+        expected = jax.vmap(jax.grad(jf), in_axes=(None, 0))(jw, jxs)
+    elif mode == "jit_grad":
+        actual, expected = _aot(fg.grad(f))(w, xs), jax.jit(jax.grad(jf))(jw, jxs)
+    else:
+        actual = fg.grad(lambda w: fg.grad(f)(w, xs).sum())(w)
+        expected = jax.grad(lambda w: jax.grad(jf)(w, jxs).sum())(jw)
+    assert_trees_allclose(actual, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient clipping inside the backward pass (custom_vjp with nondiff_argnums)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(custom_vjp, nondiff_argnums=(0,))
+def clip_gradient(bound, x):
+    return x
+
+
+clip_gradient.defvjp(
+    lambda bound, x: (clip_gradient(bound, x), None), lambda bound, _, g: (g.clamp(-bound, bound),)
+)
+
+
+def _jax_clip() -> Any:
+    jax, jnp = helpers.require_jax()
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def f(bound, x):
+        return x
+
+    f.defvjp(
+        lambda bound, x: (f(bound, x), None), lambda bound, _, g: (jnp.clip(g, -bound, bound),)
+    )
+    return f
+
+
+def _clip_loss(clip: Any, lib: Any) -> Any:
+    return lambda w, x: (lib.sin(clip(0.5, x * w)) * 4 * w).sum()
+
+
+@pytest.mark.parametrize("mode", ["grad", "vmap_grad", "jit_grad", "grad_grad", "kwargs"])
+def test_gradient_clipping_custom_vjp_matches_jax(mode):
+    """Clipping in bwd, with a nondiff bound, equals JAX's in every composition."""
+    jax, jnp = helpers.require_jax()
+    w, xs = t(3, seed=6), 2 * t(4, 3, seed=7)
+    f, jf = _clip_loss(clip_gradient, torch), _clip_loss(_jax_clip(), jnp)
+    jw, jxs = helpers.to_jax((w, xs))
+    if mode == "grad":
+        actual, expected = fg.grad(f)(w, xs), jax.grad(jf)(jw, jxs)
+    elif mode == "vmap_grad":
+        actual = fg.vmap(fg.grad(f), in_axes=(None, 0))(w, xs)
+        expected = jax.vmap(jax.grad(jf), in_axes=(None, 0))(jw, jxs)
+    elif mode == "jit_grad":
+        actual, expected = _aot(fg.grad(f))(w, xs), jax.jit(jax.grad(jf))(jw, jxs)
+    elif mode == "grad_grad":
+        actual = fg.grad(lambda w: fg.grad(f)(w, xs).sum())(w)
+        expected = jax.grad(lambda w: jax.grad(jf)(w, jxs).sum())(jw)
+    else:
+        actual = fg.grad(lambda w: (torch.sin(clip_gradient(0.5, x=xs * w)) * 4 * w).sum())(w)
+        expected = jax.grad(jf)(jw, jxs)
+    assert_trees_allclose(actual, expected)
+    assert not torch.equal(actual, fg.grad(_clip_loss(lambda b, x: x, torch))(w, xs))
+
+
+# --------------------------------------------------------------------------------------------
+# Pytrees, residual derivatives, None cotangents
+# --------------------------------------------------------------------------------------------
+
+
+def _tree_rule_pair() -> tuple[Any, Any]:
+    """A custom_vjp on dict/NamedTuple trees with residuals and a None cotangent, and JAX's."""
+    jax, jnp = helpers.require_jax()
+
+    def make(lib: Any, deco: Any) -> Any:
+        def fun(p, x):
+            return Point(lib.sin(p["w"]) * x, {"s": (p["w"] * x).sum()})
+
+        f = deco(fun)
+
+        def fwd(p, x):  # calls f, as JAX code usually does (NOTE in funcgrad/_custom.py)
+            return f(p, x), (lib.cos(p["w"]), p["w"], x)
+
+        def bwd(res, g):
+            cos_w, _, x = res
+            dw = 2 * cos_w * x * g.x + g.y["s"] * x  # the rule doubles one term
+            return {"w": dw, "frozen": None}, None
+
+        f.defvjp(fwd, bwd)
+        return f
+
+    return make(torch, custom_vjp), make(jnp, jax.custom_vjp)
+
+
+def test_pytree_rule_with_none_cotangents_matches_jax():
+    """Tree-structured arguments, outputs and residuals; None cotangents are zeros."""
+    jax, jnp = helpers.require_jax()
+    f, jf = _tree_rule_pair()
+    p = {"w": t(3, seed=8), "frozen": t(2, seed=9)}
+    x = t(3, seed=10)
+
+    def loss(f: Any, lib: Any) -> Any:
+        return lambda p, x: (lib.tanh(f(p, x).x).sum() + f(p, x).y["s"] ** 2) * p["w"].sum()
+
+    actual = fg.grad(loss(f, torch), argnums=(0, 1))(p, x)
+    expected = jax.grad(loss(jf, jnp), argnums=(0, 1))(*helpers.to_jax((p, x)))
+    assert_trees_allclose(actual, expected)
+    assert_trees_allclose(actual[0]["frozen"], torch.zeros(2, dtype=torch.float64))
+    second = fg.grad(lambda x: fg.grad(loss(f, torch))(p, x)["w"].sum())(x)
+    jsecond = jax.grad(lambda x: jax.grad(loss(jf, jnp))(helpers.to_jax(p), x)["w"].sum())
+    assert_trees_allclose(second, jsecond(helpers.to_jax(x)))
+
+
+def test_plain_call_runs_fun_and_torch_autograd_uses_the_rule():
+    """Without a transform, f(x) is fun(x); torch.autograd on requires_grad inputs uses bwd."""
+    x = t(4, seed=11)
+    assert_trees_allclose(ste_round(x), torch.round(x))
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad((clip_gradient(0.5, xr) * 4).sum(), xr)
+    assert_trees_allclose(g, torch.full_like(x, 0.5))
+
+
+@settings(max_examples=10)
+@given(helpers.nonempty_trees())
+def test_exact_rule_on_random_trees_equals_autodiff(tree):
+    """A custom_vjp whose rule is the true derivative has fg.grad equal to plain autodiff."""
+
+    def fun(tree):
+        return sum(torch.sin(x).sum() for x in fg.tree.leaves(tree))
+
+    f = custom_vjp(fun)
+    f.defvjp(lambda tr: (fun(tr), tr), lambda tr, g: (fg.tree.map(lambda x: torch.cos(x) * g, tr),))
+    assert_trees_allclose(fg.grad(f)(tree), fg.grad(fun)(tree))
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+def _bad_vjp(bwd: Any) -> Any:
+    f = custom_vjp(lambda p, x: (p["w"] * x).sum())
+    f.defvjp(lambda p, x: ((p["w"] * x).sum(), (p, x)), bwd)
+    return f
+
+
+_P, _XE = {"w": t(2, seed=12)}, t(2, seed=13)
+
+
+@pytest.mark.parametrize(
+    ("bwd", "error", "match"),
+    [
+        (lambda r, g: ({"w": g * r[1]},), TypeError, r"one cotangent per differentiable .*\(2: "),
+        (lambda r, g: ([g * r[1]], None), ValueError, r"cotangent at args\[0\] must have the "),
+        (lambda r, g: ({"w": g * r[1][:1]}, None), ValueError, r"for args\[0\]\['w'\] must be"),
+        (lambda r, g: ({"w": 1.0}, None), ValueError, r"args\[0\]\['w'\] must be a torch.float64"),
+    ],
+    ids=["count", "structure", "shape", "not-a-tensor"],
+)
+def test_bad_cotangents_are_named(bwd, error, match):
+    """bwd returning the wrong number, structure or shape of cotangents names the argument."""
+    with pytest.raises(error, match=r"custom_vjp\(_bad_vjp.<locals>.<lambda>\).*" + match):
+        fg.grad(_bad_vjp(bwd))(_P, _XE)
+
+
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd", "jit_jvp"])
+def test_forward_mode_of_custom_vjp_raises(transform):
+    """As in JAX, forward mode of a custom_vjp function is a TypeError."""
+    x = t(3, seed=14)
+    match = r"can't apply forward-mode autodiff \(jvp.*\) to a custom_vjp function"
+    run = {
+        "jvp": lambda x: fg.jvp(ste_round, (x,), (x,)),
+        "jacfwd": fg.jacfwd(ste_round),
+        "jit_jvp": _aot(lambda x: fg.jvp(ste_round, (x,), (x,))),
+    }[transform]
+    with pytest.raises(TypeError, match=match):
+        run(x)
+
+
+def test_forward_mode_of_custom_jvp_under_jit_raises():
+    """Under jit, forward mode of a custom_jvp function is refused (torch would drop the rule)."""
+    match = r"custom_jvp\(log1pexp\): forward mode .* inside funcgrad.jit is not supported"
+    with pytest.raises((NotImplementedError, RuntimeError), match=match):
+        _aot(lambda x: fg.jvp(log1pexp, (x,), (x,)))(t(3, seed=15))
+
+
+def test_other_errors():
+    """No rule; fwd not returning a pair; a tangent of the wrong structure; bad arguments."""
+    f = custom_vjp(torch.sin)
+    with pytest.raises(AttributeError, match=r"custom_vjp\(sin\): no rule defined; call .defvjp"):
+        f(t(2))
+    g = custom_jvp(torch.sin)
+    with pytest.raises(AttributeError, match=r"custom_jvp\(sin\): no rule defined; call .defjvp"):
+        g(t(2))
+    f.defvjp(lambda x: torch.sin(x), lambda r, g: (g,))
+    with pytest.raises(TypeError, match=r"the fwd rule must return a pair \(output, residuals\)"):
+        fg.grad(lambda x: f(x).sum())(t(2))
+    g.defjvp(lambda p, tg: (torch.sin(p[0]), (tg[0],)))
+    with pytest.raises(ValueError, match=r"tangent_out must have the structure of the function"):
+        fg.jvp(g, (t(2),), (t(2),))
+    with pytest.raises(TypeError, match=r"nondiff_argnums must be a tuple of non-negative ints"):
+        custom_vjp(torch.sin, nondiff_argnums=(-1,))
+    with pytest.raises(ValueError, match=r"nondiff_argnums contains 0, but the function was"):
+        clip_gradient()
+    with pytest.raises(TypeError, match=r"funcgrad.custom_vjp: expected a callable"):
+        custom_vjp(3)
+
+
+@pytest.mark.parametrize("nesting", ["grad_grad", "vmap_grad"])
+def test_nested_transforms_under_jit_raise(nesting):
+    """Inside jit a custom rule may sit under one transform only (torch.compile limitation)."""
+    loss = _clip_loss(clip_gradient, torch)
+    w, xs = t(3, seed=16), t(4, 3, seed=17)
+    if nesting == "grad_grad":
+        f = _aot(lambda w, xs: fg.grad(lambda w: fg.grad(loss)(w, xs).sum())(w))
+    else:
+        f = _aot(fg.vmap(fg.grad(loss), in_axes=(None, 0)))
+    match = r"support one transform around them|vmap over ApplyTemplate"  # torch's, for vmap
+    with pytest.raises(RuntimeError, match=match):
+        f(w, xs)
