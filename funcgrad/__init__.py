@@ -18,6 +18,8 @@ from . import optim as optim
 from . import random as random
 from . import testing as testing
 from . import tree as tree
+from ._custom import custom_jvp as custom_jvp
+from ._custom import custom_vjp as custom_vjp
 from ._custom import stop_gradient as stop_gradient
 from ._grad import grad as grad
 from ._grad import value_and_grad as value_and_grad
@@ -30,6 +32,8 @@ from ._jit import jit as jit
 from ._jvp_vjp import jvp as jvp
 from ._jvp_vjp import linearize as linearize
 from ._jvp_vjp import vjp as vjp
+from ._remat import checkpoint as checkpoint
+from ._remat import remat as remat
 from ._vmap import vmap as vmap
 
 __version__ = "0.1.0.dev0"
@@ -38,6 +42,9 @@ __all__ = [
     "Jitted",
     "Lowered",
     "__version__",
+    "checkpoint",
+    "custom_jvp",
+    "custom_vjp",
     "data",
     "debug",
     "distributed",
@@ -53,6 +60,7 @@ __all__ = [
     "nn",
     "optim",
     "random",
+    "remat",
     "stop_gradient",
     "testing",
     "tree",
