@@ -1,4 +1,4 @@
-"""Sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``examples``."""
+"""Sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``examples``, ``docs``."""
 
 from __future__ import annotations
 
@@ -66,3 +66,24 @@ def examples(session: nox.Session) -> None:
     )
     for script in scripts:
         session.run("python", script)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Builds the documentation site into docs/_build/html (warnings are errors; offline).
+
+    Fails when a public name has no API entry (docs/_ext/funcgrad_docs.py). The code examples
+    of the pages run in the tests session (tests/test_docs.py), not here.
+    """
+    session.install(*CONSTRAINTS, "-e", ".[docs]")
+    session.run(
+        "sphinx-build",
+        "-W",
+        "--keep-going",
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        *session.posargs,
+        env={"JAX_PLATFORMS": "cpu"},
+    )
