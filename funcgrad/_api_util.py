@@ -338,6 +338,7 @@ def _bad_output(name: str, out: Any, leaves: list[Any], what: str, floating: boo
 
 #: torch's message when a function writes into a tensor that torch.func differentiates.
 _LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
+_CAPTURED_IN_PLACE = "that would mutate a captured Tensor"
 
 
 def versions(leaves: Sequence[Any]) -> list[int]:
@@ -358,9 +359,14 @@ def first_mutated(leaves: Sequence[Any], before: Sequence[int]) -> int | None:
     return None
 
 
-def purity_error(name: str, path: str | None = None) -> RuntimeError:
+def purity_error(name: str, path: str | None = None, captured: bool = False) -> RuntimeError:
     """The error for a transformed function that writes into one of its inputs."""
-    if path is None:
+    if captured:
+        what = (
+            "in place a tensor it did not create (a non-differentiated argument, or a tensor "
+            "it closes over)"
+        )
+    elif path is None:
         what = "a differentiated input in place"
     else:
         what = f"its input at {path} in place, so the caller's tensor has changed"
@@ -376,6 +382,11 @@ def is_in_place_on_input(error: RuntimeError) -> bool:
     return _LEAF_IN_PLACE in str(error)
 
 
+def is_in_place_on_captured(error: RuntimeError) -> bool:
+    """Whether torch.func refused an in-place write into a tensor from outside the transform."""
+    return _CAPTURED_IN_PLACE in str(error)
+
+
 @contextlib.contextmanager
 def pure_call(name: str, leaves: Sequence[Any], paths: Callable[[], list[str]]) -> Iterator[None]:
     """Turns in-place writes into ``leaves`` during the block into funcgrad's purity error.
@@ -388,6 +399,8 @@ def pure_call(name: str, leaves: Sequence[Any], paths: Callable[[], list[str]]) 
     except RuntimeError as e:
         if is_in_place_on_input(e):
             raise purity_error(name) from None
+        if is_in_place_on_captured(e):
+            raise purity_error(name, captured=True) from None
         i = first_mutated(leaves, before)
         if i is not None:  # e.g. an inner vmap refused a write into a tangent built from these
             raise purity_error(name, paths()[i]) from None

@@ -145,6 +145,8 @@ def _value_and_grad(
         except RuntimeError as e:
             if _api_util.is_in_place_on_input(e):
                 raise _api_util.purity_error(name) from None
+            if _api_util.is_in_place_on_captured(e):
+                raise _api_util.purity_error(name, captured=True) from None
             raise
         g = treedef.unflatten((grads,) if call.bare else grads)
         if single:

@@ -635,3 +635,24 @@ def test_in_place_write_into_a_differentiated_input_is_an_error(transform: Any) 
     ):
         transform(f)(x)
     assert torch.equal(x, torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("transform", [fg.grad, fg.value_and_grad])
+def test_in_place_write_into_a_non_differentiated_argument_is_a_purity_error(
+    transform: Any,
+) -> None:
+    """torch.func refuses writes into tensors captured from outside the transform (here a
+    non-differentiated argument); funcgrad says so in its own words, and nothing changes."""
+    x, y = torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+
+    def f(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y.mul_(2)
+        return (x * y).sum()
+
+    with pytest.raises(
+        RuntimeError,
+        match=rf"funcgrad\.{transform.__name__}: the function modified in place a tensor it did "
+        r"not create \(a non-differentiated argument, or a tensor it closes over\).*must be pure",
+    ):
+        transform(f)(x, y)
+    assert torch.equal(y, torch.ones(2, dtype=torch.float64))
