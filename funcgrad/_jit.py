@@ -191,22 +191,19 @@ def _donate(out: Any, donated_args: list[Any]) -> Any:
     everything: list[Any] = optree.tree_leaves(donated_args, namespace=NAMESPACE)  # type: ignore[arg-type]
     leaves, treedef = optree.tree_flatten(out, namespace=NAMESPACE, none_is_leaf=True)
     # Dynamo runs this at trace time, interpreting every bytecode: the matching is linear in the
-    # number of leaves (ids and buckets by shape, dtype and device). A quadratic search took
-    # 400 s to trace an Adam step over 196 leaves (~590 donated tensors).
+    # number of leaves (sets of tensors, buckets by shape, dtype and device). A quadratic search
+    # took 400 s to trace an Adam step over 196 leaves (~590 donated tensors). Tensors go into
+    # sets as themselves (hashed by identity, which dynamo tracks without guards); id() would
+    # make dynamo guard on the objects' identities and recompile for every new tensor.
     # A donated tensor that an output is, or is a view of, keeps its values: it is not reused.
-    kept = {id(_root(o)) for o in leaves if isinstance(o, torch.Tensor)}
+    kept = {_root(o) for o in leaves if isinstance(o, torch.Tensor)}
     # 0-d tensors are not donated: dynamo (torch 2.13) drops a copy_ into a 0-d input and returns
     # the input unchanged. Each tensor object is donated once, however often it appears.
-    seen: set[int] = set()
+    seen: set[torch.Tensor] = set()
     free: dict[Any, list[torch.Tensor]] = {}
     for x in everything:
-        if (
-            isinstance(x, torch.Tensor)
-            and x.dim() > 0
-            and id(x) not in seen
-            and id(_root(x)) not in kept
-        ):
-            seen.add(id(x))
+        if isinstance(x, torch.Tensor) and x.dim() > 0 and x not in seen and _root(x) not in kept:
+            seen.add(x)
             free.setdefault((tuple(x.shape), x.dtype, x.device), []).append(x)
     new_leaves = []
     for o in leaves:
