@@ -337,6 +337,20 @@ def _bad_output(name: str, out: Any, leaves: list[Any], what: str, floating: boo
 # --------------------------------------------------------------------------------------------
 
 #: torch's message when a function writes into a tensor that torch.func differentiates.
+# NOTE [peek_interpreter_stack under dynamo]
+# torch._C._functorch.peek_interpreter_stack() says whether a torch.func transform is active. While
+# dynamo traces, it evaluates the call at trace time but wraps the result, None included, in an
+# object variable, so ``peek_interpreter_stack() is None`` is False under torch.compile even with
+# no transform active (torch 2.13); ``type(...) is NoneType`` is right in both modes, also inside
+# grad/vmap traced by dynamo. Use in_transform().
+_NoneType: Any = type(None)
+
+
+def in_transform() -> bool:
+    """Whether a torch.func transform (grad, vjp, jvp, vmap, ...) is active, eager or traced."""
+    return type(torch._C._functorch.peek_interpreter_stack()) is not _NoneType
+
+
 _LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
 _CAPTURED_IN_PLACE = "that would mutate a captured Tensor"
 

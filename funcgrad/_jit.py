@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import sys
 import types
 from collections.abc import Callable, Hashable, Sequence
@@ -519,6 +520,9 @@ def _dynamo_error(e: BaseException, kind: str = "TorchDynamoException") -> bool:
     return exc is not None and isinstance(e, getattr(exc, kind))
 
 
+_OBSERVED = re.compile(r"raised exception (?P<type>\w+)\((?P<q>['\"])(?P<msg>.*?)(?P=q)\)", re.S)
+
+
 def _compile_error(
     fun: Callable[..., Any], e: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> BaseException:
@@ -544,6 +548,10 @@ def _compile_error(
             "rewrite that line with tensor operations, move it out of the jitted function",
         ),
     )
+    raised = _OBSERVED.search(text) if gb_type == "Observed exception" else None
+    if raised:  # raised only while traced (eager mode ran fine): a traced-only code path
+        why = f"while torch.compile traced it, it raised {raised['type']}: {raised['msg'].rstrip('.')}"
+        fix = "see that message"
     return RuntimeError(
         f"funcgrad.jit({name}): torch.compile cannot compile {name} as one graph "
         f"(fullgraph=True).\n  Where: {where}\n  Why: {why}.\n  Fix: {fix}; or pass "

@@ -339,7 +339,8 @@ def while_loop(
 
 _TRACED_WHILE_FIX = (
     "a while_loop whose predicate is a tensor has a data-dependent number of steps, which "
-    "funcgrad.jit can only compile outside vmap (torch's while_loop operator). Use "
+    "funcgrad.jit can only compile outside vmap, grad, vjp and jvp (torch's while_loop "
+    "operator composes with none of them). Use "
     "funcgrad.lax.fori_loop with Python-int bounds or funcgrad.lax.scan (a static number of "
     "steps), or fg.jit(..., fullgraph=False) with the loop outside the jitted function."
 )
@@ -357,7 +358,7 @@ def _traced_while(cond_fun: Any, body_fun: Any, carry: _c.Carry) -> Any:
             )
             pred = cond_fun(carry.tree())
         return carry.tree()
-    if _c.is_batched(pred) or builtins.any(_c.is_batched(x) for x in carry.leaves):
+    if _api_util.in_transform():  # any transform, not just vmap
         raise NotImplementedError(f"funcgrad.lax.{name} under funcgrad.jit: {_TRACED_WHILE_FIX}")
     # The carry is checked once, on a trial step, so that errors name the user's function.
     _c.check_carry(name, body_fun, carry, body_fun(carry.tree()), "val", _CARRY_FIX)

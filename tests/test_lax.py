@@ -359,6 +359,11 @@ def test_while_loop_under_jit() -> None:
     vf = fg.jit(fg.vmap(newton_sqrt(torch, lax.while_loop)), backend=AOT)
     with pytest.raises(RuntimeError, match="fori_loop with Python-int bounds"):
         vf(a)
+    # jvp (forward mode works eagerly) under jit: torch's operator composes with no transform.
+    grow = lambda x: lax.while_loop(lambda v: v.sum() < 10, lambda v: v * 2, x)  # noqa: E731
+    jf = fg.jit(lambda x: fg.jvp(grow, (x,), (x,)), backend=AOT)
+    with pytest.raises(Exception, match=r"outside vmap, grad, vjp and jvp.*fori_loop with Python"):
+        jf(torch.tensor(1.0, dtype=torch.float64))
 
 
 # --------------------------------------------------------------------------------------------

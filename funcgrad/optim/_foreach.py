@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch._C._functorch import peek_interpreter_stack
 
@@ -22,12 +24,15 @@ Tensors = list[torch.Tensor]
 
 __all__: list[str] = []
 
+_NoneType: Any = type(None)
+
 
 def fast() -> bool:
     """Whether foreach kernels may be used here (not inside a torch.func transform)."""
-    # Also while torch.compile traces: dynamo evaluates peek_interpreter_stack at trace time, so a
-    # vmap inside a jitted function (an ensemble step) takes the per-leaf path, as in eager mode.
-    return peek_interpreter_stack() is None
+    # Also while torch.compile traces, where a vmap inside a jitted function (an ensemble step)
+    # takes the per-leaf path, as in eager mode; ``is None`` would be False under dynamo even
+    # with no transform (NOTE [peek_interpreter_stack under dynamo] in funcgrad/_api_util.py).
+    return type(peek_interpreter_stack()) is _NoneType
 
 
 def scale(xs: Tensors, s: Scalar) -> Tensors:
