@@ -41,12 +41,9 @@
 # eager mode passes None), so backward cannot tell a higher-order call from a first-order one;
 # pulling zeros back through fwd would cost a recomputation and turn 0 * inf into NaN, so under
 # jit custom_vjp would treat fwd's residuals as constants at higher order. That case is refused
-# anyway, with vmap: under jit a custom rule may sit inside one transform only (jit(grad(f)),
-# jit(vjp)): dynamo's autograd_function_apply has no vmap rule, and a grad of grad through it
-# comes back as zeros (checked on torch 2.13), so a second transform level raises for
-# custom_vjp and checkpoint. Known gap: custom_jvp is not checked (its rule may call the
-# function inside its own transposition, one level up, which the check cannot tell apart), so
-# jit(grad(grad(f))) of a custom_jvp function returns zeros for the second derivative.
+# anyway: under jit a custom rule may sit inside one transform only, checked at the call, with
+# the exceptions that our own backward passes need (NOTE [nested transforms under jit] in
+# _custom_traced.py).
 """
 
 from __future__ import annotations
@@ -54,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -61,9 +59,9 @@ import optree
 import torch
 import torch.func
 from torch._C._functorch import TransformType
-from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
 from . import _api_util
+from ._custom_traced import plain_when_nested, top_transform, traced_apply
 from ._typing import PyTree
 from .tree import NAMESPACE
 
@@ -74,6 +72,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 _peek_interpreter_stack: Callable[[], Any] = torch._C._functorch.peek_interpreter_stack
 _grad_enabled: Callable[[], bool] = torch.is_grad_enabled
 _fwd_grad_enabled: Callable[[], bool] = torch._C._is_fwd_grad_enabled
+
+# NOTE [custom_jvp on tangents]
+# A custom_jvp rule may apply a custom_jvp function to its tangents (`return g(x), h(t)`). Its
+# transposition runs the rule under torch.func.vjp, where h(t) would apply h's Function, whose
+# backward transposes h's rule under a new vjp, which applies h's Function again: an endless
+# recursion. JAX transposes a custom_jvp function applied to tangents through its primal
+# function, so inside a transposition (recorded per thread with its functorch level; eager
+# mode only, jit has its own rule in NOTE [nested transforms under jit]) a custom_jvp call on
+# inputs that the transposition's level tracks runs as plain code. Calls on the primals (not
+# tracked there) keep their rule for outer transforms.
+_transpositions = threading.local()
 
 
 def _fun_name(fun: Any) -> str:
@@ -291,7 +300,6 @@ def _vjp_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
 
 def _vjp_backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     call: _Call = ctx.call
-    _check_single_level(call)
     saved = ctx.saved_tensors
     xs, outs, res = saved[: ctx.n_in], saved[ctx.n_in : ctx.n_in + ctx.n_out], saved[ctx.n_in :]
     res = res[ctx.n_out :]
@@ -421,16 +429,29 @@ def _jvp_jvp(ctx: Any, _call_tangent: Any, *tangents: Any) -> tuple[torch.Tensor
     return _rule_tangents(ctx.call, ctx.saved_tensors, tangents)
 
 
+@contextlib.contextmanager
+def _transposing(call: _Call) -> Any:
+    """Records the level of an eager transposition (NOTE [custom_jvp on tangents])."""
+    if call.compiling:
+        yield
+        return
+    levels = _transpositions.__dict__.setdefault("levels", [])
+    levels.append(torch._C._functorch.peek_interpreter_stack().level())
+    try:
+        yield
+    finally:
+        levels.pop()
+
+
 def _jvp_backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     call: _Call = ctx.call
-    # No _check_single_level here: a rule calling the function (JAX's `return f(x), ...`) runs
-    # it one level up inside this transposition, where dynamo speculates its backward too.
     xs = ctx.saved_tensors
     floating = call.floating(xs)
 
     def tangent_map(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         it = iter(ts)
-        return _rule_tangents(call, xs, [next(it) if f else None for f in floating])
+        with _transposing(call):
+            return _rule_tangents(call, xs, [next(it) if f else None for f in floating])
 
     zeros = [_zeros(x) for x, f in zip(xs, floating) if f]
     with torch.enable_grad():
@@ -519,6 +540,16 @@ class _Custom(Generic[F]):
             return False
         return not any(x.requires_grad for x in call.tensors())
 
+    def _on_tangents(self, call: _Call) -> bool:
+        """Whether this is a custom_jvp call on tangents in a transposition (NOTE [custom_jvp
+        on tangents])."""
+        levels: list[int] = getattr(_transpositions, "levels", [])
+        if self.kind != "custom_jvp" or not levels or _peek_interpreter_stack() is None:
+            return False
+        if torch._C._functorch.peek_interpreter_stack().level() != levels[-1]:
+            return False
+        return any(x.view_as(x).requires_grad for x in call.tensors() if x.is_floating_point())
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._check_rule()
         args = self._positional(args, kwargs)
@@ -535,54 +566,32 @@ class _Custom(Generic[F]):
             # mode is refused below, so reverse mode decides.
             return self.fun(*args)
         call = _Call(self, args, compiling)
-        if not compiling and self._plain(call):
+        if not compiling and (self._plain(call) or self._on_tangents(call)):
             return self.fun(*args)
         tensors = call.tensors()
         if compiling:
+            if plain_when_nested(
+                self.kind, call.name, call.tensors()
+            ):  # NOTE [nested transforms under jit]
+                return self.fun(*args)
             self._prepare_traced(call)
             tensors = [x.view_as(x) for x in tensors]  # NOTE [custom rules under jit]
-        flat = self._apply(call, compiling, tensors)
+            flat = traced_apply(self.kind, self._traced_function, call, tensors)
+        else:
+            flat = self._function.apply(call, *tensors)
         return call.out_def.unflatten(flat[: call.out_def.num_leaves])
 
     def _prepare_traced(self, call: _Call) -> None:
         raise NotImplementedError
 
-    def _apply(self, call: _Call, compiling: bool, tensors: list[torch.Tensor]) -> Any:
-        raise NotImplementedError
+    _function: Any
+    _traced_function: Any
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         return self if obj is None else functools.partial(self, obj)
 
     def __repr__(self) -> str:
         return f"<funcgrad.{self.label}>"
-
-
-def _check_single_level(call: _Call) -> None:
-    """Under jit, refuses to run a custom Function's backward inside two or more torch.func
-    transforms: dynamo's autograd_function_apply has no vmap rule, and its backward is not
-    differentiated again (a grad of grad comes back as zeros). Levels count from 1 inside jit
-    (jit refuses to run under an eager transform), so level 2 or more means nested transforms.
-    (Checked in backward, not at the call: a rule may call the function inside its own
-    transposition, one level up, which is fine.)"""
-    if not call.compiling or _peek_interpreter_stack() is None:
-        return
-    name = call.name
-    if retrieve_current_functorch_interpreter().level() >= 2:
-        raise NotImplementedError(
-            f"funcgrad.{name}: inside funcgrad.jit, custom_vjp, custom_jvp and checkpoint "
-            "support one transform around them (jit(grad(f)), jit(vjp(...))); torch.compile "
-            "cannot vmap them or differentiate their backward again (grad of grad would come "
-            "back as zeros). Apply vmap and higher-order derivatives outside jit, or call "
-            "the function without jit (NOTE [custom rules under jit] in funcgrad/_custom.py)."
-        )
-
-
-def _top_transform() -> Any:
-    """The innermost active torch.func transform (traceable by dynamo, unlike ``.key()`` of
-    torch._C._functorch.peek_interpreter_stack()'s result)."""
-    if _peek_interpreter_stack() is None:
-        return None
-    return retrieve_current_functorch_interpreter().key()
 
 
 class custom_vjp(_Custom[F]):
@@ -651,7 +660,7 @@ class custom_vjp(_Custom[F]):
             )
 
     def _prepare_traced(self, call: _Call) -> None:
-        if _top_transform() == TransformType.Jvp:
+        if top_transform() == TransformType.Jvp:
             raise _jvp_of_custom_vjp(call)
         assert self.fwd is not None
         # Evaluated for its structure only: dead code in the graph (NOTE [custom rules under jit]).
@@ -661,9 +670,8 @@ class custom_vjp(_Custom[F]):
         call.out_def = _flat_out(call, out)[1]
         call.res_leaves, call.res_def = optree.tree_flatten(res, namespace=NAMESPACE)
 
-    def _apply(self, call: _Call, compiling: bool, tensors: list[torch.Tensor]) -> Any:
-        fn = _TracedVjpFunction if compiling else _VjpFunction
-        return fn.apply(call, *tensors)  # type: ignore[no-untyped-call]
+    _function = _VjpFunction
+    _traced_function = _TracedVjpFunction
 
 
 class custom_jvp(_Custom[F]):
@@ -725,7 +733,7 @@ class custom_jvp(_Custom[F]):
             )
 
     def _prepare_traced(self, call: _Call) -> None:
-        if _top_transform() == TransformType.Jvp:
+        if top_transform() == TransformType.Jvp:
             raise NotImplementedError(
                 f"funcgrad.{call.name}: forward mode (jvp, jacfwd) of a custom_jvp function "
                 "inside funcgrad.jit is not supported on this torch: torch.compile would drop "
@@ -735,6 +743,5 @@ class custom_jvp(_Custom[F]):
         with torch.no_grad():
             call.out_def = _flat_out(call, self.fun(*call.args))[1]
 
-    def _apply(self, call: _Call, compiling: bool, tensors: list[torch.Tensor]) -> Any:
-        fn = _TracedJvpFunction if compiling else _JvpFunction
-        return fn.apply(call, *tensors)  # type: ignore[no-untyped-call]
+    _function = _JvpFunction
+    _traced_function = _TracedJvpFunction

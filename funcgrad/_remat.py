@@ -22,7 +22,10 @@
 # the output structure found by a dead evaluation); AOTAutograd then sees the recomputation as
 # ordinary backward operations, and whether the activations are recomputed or stored is its
 # partitioner's choice (benchmarks/remat.py measures it). Under jit only one transform may
-# surround it (jit(grad(f))); nested ones raise (NOTE [custom rules under jit]).
+# surround it (jit(grad(f))); nested ones raise, but a checkpoint inside a checkpoint (or
+# inside a custom_jvp rule's tangents) runs as plain code in the outer one's backward (NOTE
+# [nested transforms under jit] in _custom_traced.py). Known bug: in eager mode, grad through
+# a checkpoint holding another checkpoint hits a torch internal assert (tests/test_remat.py).
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import torch.func
 from . import _api_util
 from ._custom import (
     _Call,
-    _check_single_level,
     _flat_out,
     _fresh,
     _fun_name,
@@ -45,6 +47,7 @@ from ._custom import (
     _grad_enabled,
     _no_grad,
 )
+from ._custom_traced import plain_when_nested, traced_apply
 
 __all__ = ["checkpoint", "remat"]
 
@@ -90,7 +93,6 @@ def _split(call: _Call, xs: Sequence[torch.Tensor]) -> tuple[list[bool], Callabl
 
 
 def _backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    _check_single_level(ctx.call)
     xs = ctx.saved_tensors
     floating, flat = _split(ctx.call, xs)
     with torch.enable_grad():
@@ -202,10 +204,12 @@ def checkpoint(
                 return fun(*args)
             flat = _RematFunction.apply(call, *tensors)  # type: ignore[no-untyped-call]
         else:
+            if plain_when_nested("checkpoint", owner.label, tensors):
+                return fun(*args)  # NOTE [nested transforms under jit] in _custom_traced.py
             with torch.no_grad():  # the structure only: dead code in the graph
                 call.out_def = _flat_out(call, fun(*args))[1]
             views = [x.view_as(x) for x in tensors]  # NOTE [custom rules under jit]
-            flat = _TracedRematFunction.apply(call, *views)  # type: ignore[no-untyped-call]
+            flat = traced_apply("checkpoint", _TracedRematFunction, call, views)
         return call.out_def.unflatten(flat)
 
     return rematerialised

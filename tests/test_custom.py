@@ -610,3 +610,138 @@ def test_nested_transforms_under_jit_raise(nesting):
     match = r"support one transform around them|vmap over ApplyTemplate"  # torch's, for vmap
     with pytest.raises(RuntimeError, match=match):
         f(w, xs)
+
+
+@custom_jvp
+def cube_jvp(x):
+    return x**3
+
+
+@cube_jvp.defjvp
+def _cube_jvp_rule(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return cube_jvp(x), 3 * x**2 * dx  # calls the function, as JAX's examples do
+
+
+cube_vjp = custom_vjp(lambda x: x**3)
+cube_vjp.defvjp(lambda x: (cube_vjp(x), x), lambda x, g: (3 * x**2 * g,))
+
+_NESTINGS = {
+    "grad_grad": lambda f: lambda x: fg.grad(lambda x: fg.grad(lambda y: f(y).sum())(x).sum())(x),
+    "hessian": lambda f: fg.hessian(lambda x: f(x).sum()),
+    "jacfwd_jacrev": lambda f: fg.jacfwd(fg.jacrev(lambda x: f(x).sum())),
+    "jacrev_jacrev": lambda f: fg.jacrev(fg.jacrev(lambda x: f(x).sum())),
+    "grad_vmap": lambda f: fg.grad(lambda x: fg.vmap(f)(x).sum()),
+    # The inner transform does not track x, the outer one does: zeros too on torch 2.13.
+    "outer_tracks_only": lambda f: fg.grad(
+        lambda x: fg.grad(lambda y: (y * f(x)).sum())(torch.ones((), dtype=x.dtype))
+    ),
+}
+
+
+@pytest.mark.parametrize("nesting", sorted(_NESTINGS))
+@pytest.mark.parametrize("kind", ["custom_jvp", "custom_vjp"])
+def test_second_level_under_jit_raises_where_torch_returns_zeros(kind, nesting):
+    """A custom function at a second transform level inside jit raises (torch.compile would
+    silently return zeros), also for a custom_jvp rule calling the function itself."""
+    f = {"custom_jvp": cube_jvp, "custom_vjp": cube_vjp}[kind]
+    x = t(3, seed=18)
+    error: Any = (NotImplementedError, RuntimeError)
+    match = rf"funcgrad.{kind}\(.*\): inside funcgrad.jit, .* support one transform around them"
+    if kind == "custom_vjp" and nesting in ("hessian", "jacfwd_jacrev"):
+        error, match = TypeError, r"can't apply forward-mode autodiff .* to a custom_vjp"
+    else:  # eager mode is right
+        assert_trees_allclose(_NESTINGS[nesting](f)(x), _NESTINGS[nesting](lambda x: x**3)(x))
+    with pytest.raises(error, match=match):
+        _aot(_NESTINGS[nesting](f))(x)
+
+
+@pytest.mark.parametrize("mode", ["grad", "jit_grad", "jit_vmap"])
+def test_rule_calling_the_function_under_jit_matches_jax(mode):
+    """Under jit, one transform around a custom_jvp function whose rule calls it (the
+    transposition runs it one level up) equals JAX."""
+    jax, jnp = helpers.require_jax()
+
+    @jax.custom_jvp
+    def jcube(x):
+        return x**3
+
+    jcube.defjvp(lambda p, tg: (jcube(p[0]), 3 * p[0] ** 2 * tg[0]))
+    x = t(5, seed=19)
+    jx = helpers.to_jax(x)
+    if mode in ("grad", "jit_grad"):
+        f = fg.grad(lambda x: (cube_jvp(x) * torch.sin(x)).sum())
+        actual = (_aot(f) if mode == "jit_grad" else f)(x)
+        expected = jax.grad(lambda x: (jcube(x) * jnp.sin(x)).sum())(jx)
+    else:
+        actual, expected = _aot(fg.vmap(cube_jvp))(x), jax.vmap(jcube)(jx)
+    assert_trees_allclose(actual, expected)
+
+
+# A custom_jvp function applied to the tangents inside another one's rule (NOTE [custom_jvp on
+# tangents]): eager mode used to recurse without end, jit reaches it one level up.
+
+
+@custom_jvp
+def double(x):
+    return 2 * x
+
+
+@double.defjvp
+def _double_rule(primals, tangents):
+    return double(primals[0]), double(tangents[0])
+
+
+@custom_jvp
+def sin_via_double(x):
+    return torch.sin(x)
+
+
+@sin_via_double.defjvp
+def _sin_via_double_rule(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return sin_via_double(x), double(dx) * torch.cos(x) / 2
+
+
+@pytest.mark.parametrize("mode", ["grad", "jit_grad", "jvp", "grad_grad", "vmap_grad"])
+def test_custom_jvp_applied_to_tangents_matches_jax(mode):
+    """Transposing a rule that applies a custom_jvp function to its tangents equals JAX."""
+    jax, jnp = helpers.require_jax()
+
+    @jax.custom_jvp
+    def jdouble(x):
+        return 2 * x
+
+    jdouble.defjvp(lambda p, tg: (jdouble(p[0]), jdouble(tg[0])))
+
+    @jax.custom_jvp
+    def jsin(x):
+        return jnp.sin(x)
+
+    jsin.defjvp(lambda p, tg: (jsin(p[0]), jdouble(tg[0]) * jnp.cos(p[0]) / 2))
+    x, v = t(4, seed=21), t(4, seed=22)
+    jx, jv = helpers.to_jax(x), helpers.to_jax(v)
+    if mode in ("grad", "jit_grad"):
+        f = fg.grad(lambda x: (sin_via_double(x) * x).sum())
+        actual = (_aot(f) if mode == "jit_grad" else f)(x)
+        expected = jax.grad(lambda x: (jsin(x) * x).sum())(jx)
+    elif mode == "jvp":
+        actual, expected = fg.jvp(sin_via_double, (x,), (v,)), jax.jvp(jsin, (jx,), (jv,))
+    elif mode == "grad_grad":
+        actual = fg.vmap(fg.grad(fg.grad(sin_via_double)))(x)
+        expected = jax.vmap(jax.grad(jax.grad(jsin)))(jx)
+    else:
+        actual = fg.vmap(fg.grad(lambda x: double(x) * sin_via_double(x)))(x)
+        expected = jax.vmap(jax.grad(lambda x: jdouble(x) * jsin(x)))(jx)
+    assert_trees_allclose(actual, expected)
+
+
+def test_jit_without_any_transform_calls_the_function() -> None:
+    """jit(f) with no transform inside: custom_vjp, custom_jvp and checkpoint compute f (under
+    dynamo, "is a transform active?" needs NOTE [peek_interpreter_stack under dynamo])."""
+    x = torch.tensor([0.5, 1.0, 30.0], dtype=torch.float64)
+    ste = custom_vjp(torch.round)
+    ste.defvjp(lambda x: (torch.round(x), None), lambda _, g: (g,))
+    assert_trees_allclose(_aot(log1pexp)(x), torch.nn.functional.softplus(x))
+    assert_trees_allclose(_aot(ste)(x), torch.round(x))
+    assert_trees_allclose(_aot(fg.checkpoint(torch.sin))(x), torch.sin(x))
