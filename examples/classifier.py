@@ -16,6 +16,14 @@ https://github.com/zalandoresearch/fashion-mnist).
     python examples/classifier.py --stop-after 10      # stop after epoch 10 of 30, then
     python examples/classifier.py --resume             # continue the run in --out-dir
     python examples/classifier.py --smoke              # seconds: a tiny model, for CI
+    python examples/classifier.py --loader torch       # batches from a torch DataLoader
+
+By default the batches come from ``fg.data.batches`` (the whole data set on the device, one
+gather per batch, the epoch's shuffle and augmentation drawn from a funcgrad key). With
+``--loader torch`` a ``torch.utils.data.DataLoader`` over a map-style ``Dataset`` makes them
+instead: augmentation per image in worker processes (``--workers``), shuffling from a seeded
+``torch.Generator``, and ``fg.data.prefetch`` moving each batch to the device ahead of the step.
+The same jitted step consumes both: a batch is a dict of tensors, a pytree.
 
 Writes ``<out-dir>/curves.png`` (loss and accuracy) and ``<out-dir>/checkpoints/``;
 ``--tensorboard DIR`` also logs to TensorBoard (``pip install tensorboard``).
@@ -33,6 +41,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 from matplotlib.figure import Figure  # no pyplot: no window, no global state
 from tqdm import tqdm
 
@@ -60,6 +69,13 @@ def positive(text: str) -> int:
     return value
 
 
+def count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
@@ -80,6 +96,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: on for the digits, off for Fashion-MNIST)",
     )
     add("--width", type=positive, help="MLP hidden units or CNN channels (default: 256 / 32)")
+    add(
+        "--loader",
+        choices=("funcgrad", "torch"),
+        default="funcgrad",
+        help="where the training batches come from: fg.data.batches, or a "
+        "torch.utils.data.DataLoader with worker processes, through fg.data.prefetch "
+        "(default: funcgrad)",
+    )
+    add(
+        "--workers",
+        type=count,
+        default=2,
+        help="worker processes of the DataLoader with --loader torch (default: 2)",
+    )
     add("--seed", type=int, default=0, help="default: 0")
     add(
         "--out-dir",
@@ -182,12 +212,70 @@ def augment(key: torch.Tensor, images: torch.Tensor, background: float) -> torch
     angle = random.uniform(k_angle, (n,), minval=-15.0, maxval=15.0) * (math.pi / 180)
     scale = random.uniform(k_scale, (n,), minval=0.9, maxval=1.1)
     shift = random.uniform(k_shift, (n, 2), minval=-0.25, maxval=0.25)  # of the half-size
+    return affine(images, angle, scale, shift, background)
+
+
+def affine(
+    images: torch.Tensor,
+    angle: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    background: float,
+) -> torch.Tensor:
+    """``images`` (n, c, h, w) rotated by ``angle`` (n,) radians, scaled by ``scale`` (n,) and
+    shifted by ``shift`` (n, 2), in units of half the image size; ``background`` fills in."""
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], -1), torch.stack([sin, cos, shift[:, 1]], -1)], 1
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images - background, grid, align_corners=False) + background
+
+
+class TrainImages(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """The training set as a map-style ``Dataset`` for ``--loader torch``: example ``i`` as a
+    dict, rotated, scaled and shifted at random (the ranges of :func:`augment`) when
+    ``augment``.
+
+    The random numbers come from torch's global generator, which the ``DataLoader`` seeds in
+    each worker process from its own ``generator``: a run is reproducible for a given
+    ``--seed`` and ``--workers``."""
+
+    def __init__(self, train: dict[str, torch.Tensor], background: float, augment: bool) -> None:
+        self.images, self.labels = train["image"].cpu(), train["label"].cpu()
+        self.background, self.augment = background, augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = self.images[i]
+        if self.augment:
+            angle = (torch.rand(1) * 30 - 15) * (math.pi / 180)
+            scale = torch.rand(1) * 0.2 + 0.9
+            shift = torch.rand(1, 2) * 0.5 - 0.25
+            image = affine(image[None], angle, scale, shift, self.background)[0]
+        return {"image": image, "label": self.labels[i]}
+
+
+def make_loader(
+    data: Data, opts: argparse.Namespace, epochs_done: int
+) -> torch.utils.data.DataLoader[dict[str, torch.Tensor]]:
+    """A ``DataLoader`` over :class:`TrainImages`: the batches collate to ``{"image": (b, c,
+    h, w), "label": (b,)}``, the pytree the train step takes. ``drop_last``: one batch shape,
+    so one compiled graph. Its workers live as long as the loader (``persistent_workers``)."""
+    seed = opts.seed + epochs_done  # a resumed run: reproducible, not the uninterrupted run's
+    torch.manual_seed(seed)  # the augmentations' random numbers with --workers 0
+    return torch.utils.data.DataLoader(
+        TrainImages(data.train, data.background, opts.augment),
+        batch_size=opts.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=opts.workers,
+        persistent_workers=opts.workers > 0,
+        pin_memory=torch.device(opts.device).type == "cuda",  # prefetch copies asynchronously
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def loss_fn(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,17 +307,26 @@ def train_epoch(
     opts: argparse.Namespace,
     key: torch.Tensor,
     epoch: int,
+    loader: torch.utils.data.DataLoader[dict[str, torch.Tensor]] | None = None,
 ) -> tuple[Any, Any, torch.Tensor, list[float]]:
     """One epoch: ``(model, opt_state, loss of each step, [train loss, train accuracy, test
     loss, test accuracy])``. ``key`` is the epoch's own: its shuffle and augmentation are the
-    same whenever (and however often) the epoch runs."""
-    shuffle_key, augment_key = random.split(key)
-    train = data.train
-    if opts.augment:  # the whole epoch at once, eagerly: a few operations
-        train = {**train, "image": augment(augment_key, train["image"], data.background)}
-    batches = fg.data.batches(train, opts.batch_size, key=shuffle_key, drop_last=True)
+    same whenever (and however often) the epoch runs. With a ``loader`` (``--loader torch``)
+    the batches come from it instead, moved to the device ahead of use by
+    ``fg.data.prefetch``."""
+    if loader is not None:
+        batches: Any = fg.data.prefetch(loader, opts.device)
+    else:
+        shuffle_key, augment_key = random.split(key)
+        train = data.train
+        if opts.augment:  # the whole epoch at once, eagerly: a few operations
+            train = {**train, "image": augment(augment_key, train["image"], data.background)}
+        batches = fg.data.batches(train, opts.batch_size, key=shuffle_key, drop_last=True)
     losses, accuracies = [], []
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{opts.epochs}", leave=False, disable=None)
+    steps = len(data.train["label"]) // opts.batch_size
+    bar = tqdm(
+        batches, desc=f"epoch {epoch + 1}/{opts.epochs}", total=steps, leave=False, disable=None
+    )
     for i, batch in enumerate(bar):
         model, opt_state, loss, accuracy = train_step(model, opt_state, batch)
         losses.append(loss)
@@ -263,7 +360,11 @@ def evaluate(model: Any, data: dict[str, torch.Tensor]) -> tuple[float, float]:
 def run_config(opts: argparse.Namespace, dataset: str) -> dict[str, Any]:
     """What a resumed run must share with the run it continues."""
     keys = ("model", "width", "epochs", "batch_size", "lr", "weight_decay", "augment", "seed")
-    return {"dataset": dataset, "smoke": opts.smoke, **{k: getattr(opts, k) for k in keys}}
+    config = {"dataset": dataset, "smoke": opts.smoke, **{k: getattr(opts, k) for k in keys}}
+    config["loader"] = opts.loader
+    if opts.loader == "torch":  # its augmentations depend on the number of workers too
+        config["workers"] = opts.workers
+    return config
 
 
 def restore(manager: fg.io.CheckpointManager, template: dict[str, Any]) -> dict[str, Any]:
@@ -279,8 +380,11 @@ def restore(manager: fg.io.CheckpointManager, template: dict[str, Any]) -> dict[
             raise
     theirs, ours = state["config"], template["config"]
     if theirs != ours:
+        keys = [*ours, *(k for k in theirs if k not in ours)]
         diff = ", ".join(
-            f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in ours if ours[k] != theirs[k]
+            f"{k} {theirs.get(k)!r} (now {ours.get(k)!r})"
+            for k in keys
+            if ours.get(k) != theirs.get(k)
         )
         sys.exit(f"--resume: the run in {manager.directory} had other settings: {diff}.")
     return state
@@ -400,6 +504,13 @@ def main(argv: list[str] | None = None) -> None:
     stop = min(opts.epochs, opts.stop_after or opts.epochs)
     writer = open_tensorboard(opts.tensorboard, state["epoch"] * steps_per_epoch + 1)
 
+    loader = None
+    if opts.loader == "torch":
+        loader = make_loader(data, opts, state["epoch"])
+        print(
+            f"loader: torch.utils.data.DataLoader, {opts.workers} worker processes, "
+            f"through fg.data.prefetch to {opts.device}"
+        )
     train_step = make_train_step(optimizer, opts.backend)
     compile_s = 0.0
     if opts.backend != "eager" and state["epoch"] < stop:
@@ -414,7 +525,14 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(state["epoch"], stop):
         tic = time.perf_counter()
         model, opt_state, step_loss, row = train_epoch(
-            train_step, model, opt_state, data, opts, random.fold_in(state["key"], epoch), epoch
+            train_step,
+            model,
+            opt_state,
+            data,
+            opts,
+            random.fold_in(state["key"], epoch),
+            epoch,
+            loader,
         )
         history["step_loss"][epoch * steps_per_epoch : (epoch + 1) * steps_per_epoch] = step_loss
         history["epoch"][epoch] = torch.tensor(row, dtype=torch.float64)
