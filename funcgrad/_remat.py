@@ -24,13 +24,16 @@
 # partitioner's choice (benchmarks/remat.py measures it). Under jit only one transform may
 # surround it (jit(grad(f))); nested ones raise, but a checkpoint inside a checkpoint (or
 # inside a custom_jvp rule's tangents) runs as plain code in the outer one's backward (NOTE
-# [nested transforms under jit] in _custom_traced.py). Known bug: in eager mode, grad through
-# a checkpoint holding another checkpoint hits a torch internal assert (tests/test_remat.py).
+# [nested transforms under jit] in _custom_traced.py). In eager mode likewise: while a
+# checkpoint's backward recomputes, a checkpoint called inside runs as plain code (the outer
+# recomputation already holds only that block's intermediates, and applying the Function there
+# hits a torch internal assert, "level <= current_level ... escaped?", on torch 2.13).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,6 +55,9 @@ from ._custom_traced import plain_when_nested, traced_apply
 __all__ = ["checkpoint", "remat"]
 
 _peek_interpreter_stack: Callable[[], Any] = torch._C._functorch.peek_interpreter_stack
+
+
+_recomputing = threading.local()  # depth of eager recomputations in this thread (NOTE [remat])
 
 
 class _Remat:
@@ -95,11 +101,19 @@ def _split(call: _Call, xs: Sequence[torch.Tensor]) -> tuple[list[bool], Callabl
 def _backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     xs = ctx.saved_tensors
     floating, flat = _split(ctx.call, xs)
-    with torch.enable_grad():
-        _, vjp_fn = torch.func.vjp(  # type: ignore[misc]
-            flat, *(x for x, f in zip(xs, floating) if f)
-        )
-        pulled = iter(vjp_fn(tuple(grads)))
+    eager = not torch.compiler.is_compiling()  # traced, nesting is _custom_traced's business
+    depth = getattr(_recomputing, "depth", 0) if eager else 0
+    if eager:
+        _recomputing.depth = depth + 1
+    try:
+        with torch.enable_grad():
+            _, vjp_fn = torch.func.vjp(  # type: ignore[misc]
+                flat, *(x for x, f in zip(xs, floating) if f)
+            )
+            pulled = iter(vjp_fn(tuple(grads)))
+    finally:
+        if eager:
+            _recomputing.depth = depth
     return (None, *(next(pulled) if f else None for f in floating))
 
 
@@ -200,8 +214,10 @@ def checkpoint(
         call = _Call(owner, args, compiling)
         tensors = call.tensors()
         if not compiling:
-            if _peek_interpreter_stack() is None and not any(x.requires_grad for x in tensors):
-                return fun(*args)
+            if getattr(_recomputing, "depth", 0) or (
+                _peek_interpreter_stack() is None and not any(x.requires_grad for x in tensors)
+            ):
+                return fun(*args)  # inside a checkpoint's recomputation, or not differentiated
             flat = _RematFunction.apply(call, *tensors)  # type: ignore[no-untyped-call]
         else:
             if plain_when_nested("checkpoint", owner.label, tensors):
