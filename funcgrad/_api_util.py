@@ -336,7 +336,6 @@ def _bad_output(name: str, out: Any, leaves: list[Any], what: str, floating: boo
 # Purity
 # --------------------------------------------------------------------------------------------
 
-#: torch's message when a function writes into a tensor that torch.func differentiates.
 # NOTE [peek_interpreter_stack under dynamo]
 # torch._C._functorch.peek_interpreter_stack() says whether a torch.func transform is active. While
 # dynamo traces, it evaluates the call at trace time but wraps the result, None included, in an
@@ -351,7 +350,9 @@ def in_transform() -> bool:
     return type(torch._C._functorch.peek_interpreter_stack()) is not _NoneType
 
 
+#: torch's message when a function writes into a tensor that torch.func differentiates.
 _LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
+#: ... and when it writes into a tensor from outside the transform (captured).
 _CAPTURED_IN_PLACE = "that would mutate a captured Tensor"
 
 
