@@ -392,14 +392,15 @@ def purity_error(name: str, path: str | None = None, captured: bool = False) -> 
     )
 
 
-def is_in_place_on_input(error: RuntimeError) -> bool:
-    """Whether torch.func refused an in-place write into a differentiated input."""
-    return _LEAF_IN_PLACE in str(error)
-
-
-def is_in_place_on_captured(error: RuntimeError) -> bool:
-    """Whether torch.func refused an in-place write into a tensor from outside the transform."""
-    return _CAPTURED_IN_PLACE in str(error)
+def in_place_error(name: str, error: RuntimeError) -> RuntimeError | None:
+    """funcgrad's purity error when ``error`` is torch.func refusing an in-place write (into a
+    differentiated input, or into a tensor from outside the transform), else ``None``."""
+    text = str(error)
+    if _LEAF_IN_PLACE in text:
+        return purity_error(name)
+    if _CAPTURED_IN_PLACE in text:
+        return purity_error(name, captured=True)
+    return None
 
 
 @contextlib.contextmanager
@@ -412,10 +413,9 @@ def pure_call(name: str, leaves: Sequence[Any], paths: Callable[[], list[str]]) 
     try:
         yield
     except RuntimeError as e:
-        if is_in_place_on_input(e):
-            raise purity_error(name) from None
-        if is_in_place_on_captured(e):
-            raise purity_error(name, captured=True) from None
+        refused = in_place_error(name, e)
+        if refused is not None:
+            raise refused from None
         i = first_mutated(leaves, before)
         if i is not None:  # e.g. an inner vmap refused a write into a tangent built from these
             raise purity_error(name, paths()[i]) from None

@@ -143,10 +143,9 @@ def _value_and_grad(
         try:
             grads, value = torch_value_and_grad(leaves[0] if call.bare else tuple(leaves), call)
         except RuntimeError as e:
-            if _api_util.is_in_place_on_input(e):
-                raise _api_util.purity_error(name) from None
-            if _api_util.is_in_place_on_captured(e):
-                raise _api_util.purity_error(name, captured=True) from None
+            refused = _api_util.in_place_error(name, e)
+            if refused is not None:
+                raise refused from None
             raise
         g = treedef.unflatten((grads,) if call.bare else grads)
         if single:

@@ -8,7 +8,6 @@ from typing import Any, NamedTuple, Protocol
 
 import optree
 import torch
-from torch._C._functorch import peek_interpreter_stack
 
 from .. import _api_util
 from .._typing import PyTree
@@ -270,7 +269,7 @@ def check_learning_rate(name: str, value: Any, what: str = "learning_rate") -> N
 
 def _eager() -> bool:
     """Whether tensor values can be read here (not compiling, not inside a torch.func transform)."""
-    return not torch.compiler.is_compiling() and peek_interpreter_stack() is None
+    return not torch.compiler.is_compiling() and not _api_util.in_transform()
 
 
 def evaluate_schedule(

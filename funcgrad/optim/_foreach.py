@@ -14,17 +14,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch._C._functorch import peek_interpreter_stack
+
+from .._api_util import in_transform
 
 Scalar = float | torch.Tensor
 Tensors = list[torch.Tensor]
 
 __all__: list[str] = []
-
-_NoneType: Any = type(None)
 
 
 def fast() -> bool:
@@ -32,10 +29,8 @@ def fast() -> bool:
     # Under torch.compile the per-leaf form is used: inductor fuses it into one loop over all the
     # leaves, where the foreach form lowers to slower code on the CPU (a jitted Adam step over
     # 196 leaves: 17.6 ms per-leaf, 31.0 ms foreach, torch 2.13). On CUDA the foreach lowering
-    # (combo kernels) has not been measured against it yet. ``peek_interpreter_stack() is None``
-    # would be False under dynamo even with no transform (NOTE [peek_interpreter_stack under
-    # dynamo] in funcgrad/_api_util.py): the type test is right in both modes.
-    return not torch.compiler.is_compiling() and type(peek_interpreter_stack()) is _NoneType
+    # (combo kernels) has not been measured against it yet.
+    return not torch.compiler.is_compiling() and not in_transform()
 
 
 def scale(xs: Tensors, s: Scalar) -> Tensors:
