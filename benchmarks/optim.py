@@ -5,8 +5,10 @@ The model is a list of ~200 float32 tensors (~25M parameters): token and positio
 final layer norm. Gradients are random and set once. Timed, interleaved round by round:
 
 - eager: ``fg.optim.adam`` (``update`` + ``apply_updates``; the state and parameters carried
-  from step to step) against ``torch.optim.Adam(foreach=True)``, ``fused=True`` and the
-  single-tensor loop (``foreach=False``, for context) ``step()``;
+  from step to step; torch's fused kernel on buffers of its own, NOTE [fused Adam in eager
+  mode]) against ``torch.optim.Adam(foreach=True)``, ``fused=True`` and the single-tensor loop
+  (``foreach=False``, for context) ``step()``; and, for context, the same Adam composed from
+  its building blocks (foreach ops, what runs for options the fused kernel lacks);
 - compiled: ``fg.jit`` (inductor, default mode) of a function doing funcgrad's ``update`` +
   ``apply_updates``, with the parameters and optimizer state donated (the outputs are written
   into them, as torch.optim's in-place step does) and without donation, against
@@ -141,9 +143,21 @@ def random_grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
 class FuncgradStep:
     """funcgrad's functional step: ``params, state <- apply_updates(update(grads, state))``."""
 
-    def __init__(self, params: list[torch.Tensor], grads: list[torch.Tensor], mode: str = "eager"):
-        """``mode``: "eager", "jit" (``fg.jit``) or "jit-donate" (params and state donated)."""
+    def __init__(
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        mode: str = "eager",
+        composed: bool = False,
+    ):
+        """``mode``: "eager", "jit" (``fg.jit``) or "jit-donate" (params and state donated).
+        ``composed``: Adam as the chain of its building blocks (foreach ops), not the alias
+        (which runs torch's fused kernel eagerly: NOTE [fused Adam in eager mode])."""
         self.opt = optim.adam(LR, B1, B2, EPS)
+        if composed:
+            self.opt = optim.chain(
+                optim.scale_by_adam(B1, B2, EPS), optim.scale_by_learning_rate(LR)
+            )
         self.params = [p.clone() for p in params]
         self.state = self.opt.init(self.params)
         self.grads = grads
@@ -274,6 +288,9 @@ def run(opts: argparse.Namespace) -> None:
         "torch Adam(foreach=True).step()": TorchStep(start, grads, False, foreach=True),
         "torch Adam(fused=True).step()": TorchStep(start, grads, False, fused=True),
         "torch Adam(foreach=False).step() (context)": TorchStep(start, grads, False, foreach=False),
+        "funcgrad chain(scale_by_adam, scale_by_learning_rate), foreach ops (context)": (
+            FuncgradStep(start, grads, composed=True)
+        ),
     }
     compiled: dict[str, Any] = {}
     if not opts.no_compile:

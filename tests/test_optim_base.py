@@ -68,6 +68,9 @@ OPTIMIZERS: dict[str, Callable[[], optim.GradientTransformation]] = {
     "adam_tensor_lr": lambda: optim.adam(torch.tensor(0.01, dtype=F64)),
     "adam_schedule": lambda: optim.adam(lambda c: 0.01 / (1.0 + c.to(F64))),
     "adamw_mask": lambda: optim.adamw(0.01, weight_decay=0.1, mask=decay_mask),
+    "adam_composed": lambda: optim.chain(
+        optim.add_decayed_weights(0.1), optim.scale_by_adam(), optim.scale_by_learning_rate(0.01)
+    ),
     "clip_chain": lambda: optim.chain(
         optim.zero_nans(),
         optim.clip(0.5),
@@ -78,6 +81,16 @@ OPTIMIZERS: dict[str, Callable[[], optim.GradientTransformation]] = {
     "set_to_zero": lambda: optim.set_to_zero(),
     "identity": lambda: optim.identity(),
 }
+
+
+# Eagerly, these run torch's fused Adam kernel (NOTE [fused Adam in eager mode]): torch.optim's
+# arithmetic, equal to the composed per-leaf ops to rounding but not bit for bit. The composed
+# chain ("adam_composed") keeps Adam's foreach ops under the exact comparison.
+FUSED = {"adam", "adam_tensor_lr", "adam_schedule", "adamw_mask"}
+
+
+def _tolerance(name: str) -> dict[str, float]:
+    return {"rtol": 1e-13, "atol": 1e-16} if name in FUSED else {"rtol": 0, "atol": 0}
 
 
 def _params() -> dict[str, Any]:
@@ -397,7 +410,8 @@ def _run(opt: optim.GradientTransformation, params: Any, grads: list[Any]) -> li
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_fast_and_per_leaf_paths_agree_exactly(name: str) -> None:
     """The same steps eagerly (foreach kernels) and inside fg.vmap over a batch of one
-    (per-leaf torch ops) give bit-identical updates, states and parameters."""
+    (per-leaf torch ops) give bit-identical updates, states and parameters (equal to rounding
+    for the fused Adam aliases)."""
     opt = OPTIMIZERS[name]()
     params = _params()
     grads = [random_like(params, k) for k in range(3)]
@@ -405,12 +419,13 @@ def test_fast_and_per_leaf_paths_agree_exactly(name: str) -> None:
     batched = fg.vmap(lambda p, gs: _run(opt, p, gs))(
         fg.tree.map(lambda x: x[None], params), fg.tree.map(lambda x: x[None], grads)
     )
-    assert_trees_allclose(fg.tree.map(lambda x: x[0], batched), eager, rtol=0, atol=0)
+    assert_trees_allclose(fg.tree.map(lambda x: x[0], batched), eager, **_tolerance(name))
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_fast_and_grad_paths_agree_exactly(name: str) -> None:
-    """Steps computed inside fg.grad (per-leaf ops on grad-tracking tensors) equal eager ones."""
+    """Steps computed inside fg.grad (per-leaf ops on grad-tracking tensors) equal eager ones
+    (to rounding for the fused Adam aliases)."""
     opt = OPTIMIZERS[name]()
     params = _params()
     grads = [random_like(params, k) for k in range(3)]
@@ -421,7 +436,7 @@ def test_fast_and_grad_paths_agree_exactly(name: str) -> None:
         return sum(x.sum() for x in fg.tree.leaves(outs[-1][2])), outs
 
     _, inside = fg.grad(f, has_aux=True)(params)
-    assert_trees_allclose(inside, eager, rtol=0, atol=0)
+    assert_trees_allclose(inside, eager, **_tolerance(name))
 
 
 # _foreach list ops: name -> (op on lists (xs, ys, zs), reference on one leaf (x, y, z))

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ._base import GradientTransformation, ScalarOrSchedule, chain, check_learning_rate, identity
+from ._fused import fusable
 from ._transforms import (
     add_decayed_weights,
     scale_by_adam,
@@ -104,10 +105,23 @@ def adam(
     >>> optim.apply_updates(params, updates)
     {'w': tensor([ 0.9000, -0.9000])}
     """
-    return chain(
+    lr = scale_by_learning_rate(learning_rate)
+    composed = chain(
         _weight_decay(weight_decay, "adam"),
         scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov),
-        scale_by_learning_rate(learning_rate),
+        lr,
+    )
+    # NOTE [fused Adam in eager mode]
+    return fusable(
+        composed,
+        learning_rate=learning_rate,
+        lr_transform=lr,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        nesterov=nesterov,
+        l2=weight_decay,
     )
 
 
@@ -150,8 +164,22 @@ def adamw(
     >>> optim.apply_updates(params, updates)  # 2 - 0.1 * (1 + 0.5 * 2)
     tensor([1.8000])
     """
-    return chain(
+    lr = scale_by_learning_rate(learning_rate)
+    composed = chain(
         scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov),
         add_decayed_weights(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+        lr,
+    )
+    # NOTE [fused Adam in eager mode]
+    return fusable(
+        composed,
+        learning_rate=learning_rate,
+        lr_transform=lr,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        nesterov=nesterov,
+        decoupled=weight_decay,
+        mask=mask,
     )
