@@ -16,6 +16,7 @@ NamedTuples and ``None`` (an empty node, never a leaf) are built in.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -176,7 +177,81 @@ def map_with_path(
     >>> map_with_path(lambda path, x: f"{path[0]}={x}", {"lr": 0.1, "wd": 0.0})
     {'lr': 'lr=0.1', 'wd': 'wd=0.0'}
     """
+    if torch.compiler.is_compiling():
+        return _map_with_path_traced(f, tree, rest, is_leaf)
     return optree.tree_map_with_path(f, tree, *rest, is_leaf=is_leaf, namespace=NAMESPACE)
+
+
+def _map_with_path_traced(
+    f: Callable[..., Any],
+    tree: PyTree,
+    rest: tuple[PyTree, ...],
+    is_leaf: Callable[[Any], bool] | None,
+) -> PyTree:
+    """:func:`map_with_path` while dynamo traces, one tree level at a time.
+
+    Dynamo (torch 2.13) traces optree.tree_map_with_path into wrong paths: torch's key objects
+    (MappingKey('a'), GetAttrKey('x') for a NamedTuple field) instead of optree's entries, and
+    below a registered dataclass or an OrderedDict only the last entry. A label function
+    comparing keys would then silently choose differently under jit. Rebuilding the whole tree
+    from a flat list of constant leaves (labels) also fails there: dynamo folds the rebuild of
+    each node at trace time and hashes its children, so they go in as a tuple, node by node.
+    """
+
+    def walk(path: tuple[Any, ...], node: Any, others: list[Any]) -> Any:
+        if optree.tree_is_leaf(node, is_leaf, namespace=NAMESPACE):
+            return f(path, node, *others)
+        children, metadata, entries, unflatten = optree.tree_flatten_one_level(
+            node, is_leaf, namespace=NAMESPACE
+        )
+        columns = []
+        for other in others:
+            other_children = []
+            if type(other) is type(node):
+                other_children = optree.tree_flatten_one_level(other, is_leaf, namespace=NAMESPACE)[
+                    0
+                ]
+            if len(other_children) != len(children):
+                raise ValueError(
+                    "funcgrad.tree.map_with_path: every tree in rest must have the first "
+                    f"tree's structure; at path {path} the first has a {type(node).__name__} "
+                    f"with {len(children)} children, another a {type(other).__name__}"
+                    + (f" with {len(other_children)}." if type(other) is type(node) else ".")
+                )
+            columns.append(other_children)
+        new = tuple(
+            walk((*path, entry), child, [column[i] for column in columns])
+            for i, (entry, child) in enumerate(zip(entries, children))
+        )
+        return _rebuild(node, entries, new, metadata, unflatten)
+
+    return walk((), tree, list(rest))
+
+
+def _rebuild(
+    node: Any, entries: Any, children: tuple[Any, ...], metadata: Any, unflatten: Any
+) -> Any:
+    """``node``'s type with new children. Built-in containers are built here: dynamo folds
+    optree's own rebuild of a dict of constants at trace time and mixes up nodes' metadata."""
+    kind = type(node)
+    if kind is dict:
+        by_key = dict(zip(entries, children))
+        return {k: by_key[k] for k in node}
+    if kind is collections.OrderedDict:
+        by_key = dict(zip(entries, children))
+        return collections.OrderedDict((k, by_key[k]) for k in node)
+    if kind is collections.defaultdict:
+        by_key = dict(zip(entries, children))
+        return collections.defaultdict(node.default_factory, {k: by_key[k] for k in node})
+    if kind is list:
+        return list(children)
+    if kind is tuple:
+        return children
+    if kind is collections.deque:
+        return collections.deque(children, maxlen=node.maxlen)
+    if isinstance(node, tuple) and hasattr(kind, "_fields"):  # a NamedTuple
+        return kind(*children)
+    return unflatten(metadata, children)
 
 
 def reduce(

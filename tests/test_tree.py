@@ -247,6 +247,43 @@ def test_map_several_trees(tree):
     assert fg.tree.leaves(seen) == [_Seen(p, True, True) for p in paths]
 
 
+def test_map_with_path_under_jit_passes_the_same_paths():
+    """Inside fg.jit, f receives optree's path entries ('enc', 'w'), NamedTuple positions and
+    dataclass field names, as eagerly, through every kind of node; results may be constants
+    (labels). Dynamo's own tracing of it gives other paths."""
+    tree = {
+        "enc": {"w": torch.ones(2), "b": torch.ones(1)},
+        "p": Point(torch.ones(1), torch.ones(3)),
+        "l": [torch.ones(1), Layer(torch.ones(2), torch.ones(1)), None],
+        "od": collections.OrderedDict(z=torch.ones(1), a=(torch.ones(2),)),
+        "dd": collections.defaultdict(list, {"k": torch.ones(1)}),
+        "dq": collections.deque([torch.ones(1)]),
+    }
+
+    def code(path: tuple[Any, ...]) -> int:  # a number per path, so the graph carries it
+        return sum(ord(c) for c in repr(path))
+
+    def f(t: Any, u: Any) -> Any:
+        labels = fg.tree.map_with_path(lambda p, _: "enc" if p[0] == "enc" else repr(p), t)
+        return fg.tree.map_with_path(lambda p, x, y: x * code(p) + y, t, u), labels
+
+    expected = (
+        fg.tree.map_with_path(lambda p, x: x * code(p) + x, tree),
+        fg.tree.map_with_path(lambda p, _: "enc" if p[0] == "enc" else repr(p), tree),
+    )
+    got = fg.jit(f, backend="aot_eager")(tree, tree)
+    assert_trees_allclose(got[0], expected[0], rtol=0, atol=0)
+    assert got[1] == expected[1]
+
+
+def test_map_with_path_under_jit_structure_mismatch():
+    """Under jit, a tree in rest that lacks a node of the first raises what eager code raises
+    (fg.jit re-runs a call whose trace raised, for the real error)."""
+    f = fg.jit(lambda a, b: fg.tree.map_with_path(lambda p, x, y: x + y, a, b), backend="aot_eager")
+    with pytest.raises(ValueError, match=r"Expected an instance of list, got tensor"):
+        f({"a": [torch.ones(1)]}, {"a": torch.ones(1)})
+
+
 def test_map_structure_mismatch():
     """map over trees of different structure is an error naming the mismatch."""
     with pytest.raises(ValueError, match="dictionary key mismatch"):
