@@ -23,7 +23,7 @@
 # NOTE [donation]
 # JAX donates a buffer by letting an output reuse it. torch.compile can only write into its
 # inputs, so for a donated argument the trampoline copies each output leaf into a donated input
-# leaf of the same shape, dtype and device (first match in flattening order, each input used
+# leaf of the same shape, dtype and device (first match in traversal order, each input used
 # once) and returns that input tensor as the output leaf. AOTAutograd turns the copy into an
 # input mutation at the end of the graph, and inductor then computes the result straight into
 # the input's storage: a train step's new parameters and optimizer state live where the old ones
@@ -189,8 +189,15 @@ def _root(x: torch.Tensor) -> torch.Tensor:
 
 def _donate(out: Any, donated_args: list[Any]) -> Any:
     """Copies each output leaf into a matching donated tensor (NOTE [donation])."""
-    everything: list[Any] = optree.tree_leaves(donated_args, namespace=NAMESPACE)  # type: ignore[arg-type]
-    leaves, treedef = optree.tree_flatten(out, namespace=NAMESPACE, none_is_leaf=True)
+    # Walked with tree_map, not flattened: dynamo's stand-in for optree cannot flatten a dict
+    # whose values are all Python constants (a MaskedNode per entry in a masked optimizer state,
+    # an empty dict) and fails tracing; its tree_map does not flatten. (It walks dicts in
+    # insertion order, optree in sorted order: which same-kind donated tensor an output lands
+    # in may differ, each still used once.)
+    everything: list[Any] = []
+    optree.tree_map(everything.append, donated_args, namespace=NAMESPACE)  # type: ignore[arg-type]
+    leaves: list[Any] = []
+    optree.tree_map(leaves.append, out, namespace=NAMESPACE, none_is_leaf=True)
     # Dynamo runs this at trace time, interpreting every bytecode: the matching is linear in the
     # number of leaves (sets of tensors, buckets by shape, dtype and device). A quadratic search
     # took 400 s to trace an Adam step over 196 leaves (~590 donated tensors). Tensors go into
@@ -206,16 +213,17 @@ def _donate(out: Any, donated_args: list[Any]) -> Any:
         if isinstance(x, torch.Tensor) and x.dim() > 0 and x not in seen and _root(x) not in kept:
             seen.add(x)
             free.setdefault((tuple(x.shape), x.dtype, x.device), []).append(x)
-    new_leaves = []
-    for o in leaves:
+
+    def place(o: Any) -> Any:
         if isinstance(o, torch.Tensor):
             bucket = free.get((tuple(o.shape), o.dtype, o.device))
             if bucket:
                 d = bucket.pop(0)  # the first donated tensor of that kind, in argument order
                 d.copy_(o)
-                o = d
-        new_leaves.append(o)
-    return optree.tree_unflatten(treedef, new_leaves)
+                return d
+        return o
+
+    return optree.tree_map(place, out, namespace=NAMESPACE, none_is_leaf=True)
 
 
 def _signature_names(fun: Callable[..., Any]) -> list[str] | None:

@@ -393,6 +393,20 @@ def test_donated_tensors_that_outputs_are_or_view_keep_their_values() -> None:
     assert_trees_allclose(s, ref[3])
 
 
+def test_donation_with_dicts_of_python_constants() -> None:
+    """Outputs and donated arguments may hold dicts whose values are all Python constants
+    (a masked optimizer state's MaskedNodes, an empty dict): dynamo cannot flatten those."""
+    f = jit(
+        lambda s, aux: ({"w": s["w"] * 2, "c": {"a": 1, "e": {}}}, aux),
+        donate_argnums=(0, 1),
+        backend="aot_eager",
+    )
+    w = x3()
+    out = f({"w": w, "k": {"n": None}}, {"flag": True})
+    assert_trees_allclose(out, ({"w": x3() * 2, "c": {"a": 1, "e": {}}}, {"flag": True}))
+    assert out[0]["w"] is w
+
+
 def test_zero_dimensional_tensors_are_not_overwritten() -> None:
     """torch.compile drops copies into 0-d inputs: those are never donated, results stay right."""
     f = jit(lambda s: (s * 3, s + 1), donate_argnums=0)
