@@ -1,5 +1,8 @@
 """Masks and labels: a transformation for some of the parameters (:func:`masked`), or a
-different one for each labelled group (:func:`multi_transform`)."""
+different one for each labelled group (:func:`multi_transform`).
+
+Both work inside ``funcgrad.jit`` as NOTE [masked trees under torch.compile] explains.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any, NamedTuple
 
 import optree
+import torch
 
 from .. import _api_util
 from .._typing import PyTree
@@ -67,11 +71,65 @@ def _mask_tree(name: str, mask: Any, tree: PyTree, root: str) -> Any:
     return mask_tree
 
 
-def _hide(mask_tree: Any, tree: PyTree) -> PyTree:
-    """``tree`` with each subtree whose mask is False replaced by a :class:`MaskedNode`."""
+# NOTE [masked trees under torch.compile]
+# A masked-out subtree is a MaskedNode, an empty NamedTuple: to dynamo (torch 2.13) a Python
+# constant. A dict whose entries are all constants (every parameter of a dict in another group,
+# or a label with no parameters at all) is then a constant dict, and dynamo's stand-in for
+# optree cannot flatten one: it folds optree's dict flatten function into a call at trace time,
+# whose DictMetaData result it cannot wrap ("Unexpected type in sourceless builder"). Every
+# inner transformation flattens its updates and state, so while dynamo traces, the trees handed
+# to the inner transformation carry a _TracedMaskedNode instead (an object, not a constant, and
+# like MaskedNode a node without leaves) and the inner state comes back with MaskedNodes, the
+# structure init built eagerly. optree.tree_map, which dynamo runs without flattening, makes the
+# swaps. Eager code never sees a _TracedMaskedNode, and pays one is_compiling() per call.
+
+
+class _TracedMaskedNode:
+    """MaskedNode's stand-in while dynamo traces (NOTE [masked trees under torch.compile])."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MaskedNode()"
+
+
+optree.register_pytree_node(
+    _TracedMaskedNode,  # type: ignore[arg-type]
+    lambda node: ((), None, ()),
+    lambda meta, children: _TracedMaskedNode(),  # type: ignore[arg-type,return-value]
+    namespace=NAMESPACE,
+)
+
+
+def _is_masked_node(x: Any) -> bool:
+    return type(x) is MaskedNode or type(x) is _TracedMaskedNode
+
+
+def _swap_masked_nodes(tree: PyTree, node: type) -> PyTree:
+    """``tree`` with every masked-out subtree a ``node()`` (MaskedNode or its stand-in)."""
     return optree.tree_map(
-        lambda m, sub: sub if m else MaskedNode(), mask_tree, tree, namespace=NAMESPACE
+        lambda x: node() if _is_masked_node(x) else x,
+        tree,
+        is_leaf=_is_masked_node,
+        namespace=NAMESPACE,
     )
+
+
+def _hide(mask_tree: Any, tree: PyTree) -> PyTree:
+    """``tree`` with each subtree whose mask is False replaced by a :class:`MaskedNode` (its
+    stand-in while dynamo traces: NOTE [masked trees under torch.compile])."""
+    node = _TracedMaskedNode if torch.compiler.is_compiling() else MaskedNode
+    return optree.tree_map(
+        lambda m, sub: sub if m else node(), mask_tree, tree, namespace=NAMESPACE
+    )
+
+
+def _init_hidden(inner: GradientTransformation, mask_tree: Any, params: Params) -> OptState:
+    """``inner.init`` on the parameters where the mask is True."""
+    state = inner.init(_hide(mask_tree, params))
+    if torch.compiler.is_compiling():
+        state = _swap_masked_nodes(state, MaskedNode)
+    return state
 
 
 def _masked_update(
@@ -96,7 +154,12 @@ def _masked_update(
                 "Use True or False for a whole subtree, or mirror its structure exactly.",
             )
             raise
+    tracing = torch.compiler.is_compiling()
+    if tracing:
+        inner_state = _swap_masked_nodes(inner_state, _TracedMaskedNode)
     new, inner_state = inner.update(_hide(mask_tree, updates), inner_state, masked_params)
+    if tracing:
+        inner_state = _swap_masked_nodes(inner_state, MaskedNode)
     merged = optree.tree_map(
         lambda m, n, o: n if m else o, mask_tree, new, updates, namespace=NAMESPACE
     )
@@ -125,7 +188,7 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
     _check_transformation(name, inner)
 
     def init(params: Params) -> MaskedState:
-        return MaskedState(inner.init(_hide(_mask_tree(name, mask, params, "params"), params)))
+        return MaskedState(_init_hidden(inner, _mask_tree(name, mask, params, "params"), params))
 
     def update(
         updates: Updates, state: OptState, params: Params | None = None
@@ -218,7 +281,7 @@ def multi_transform(
     def init(params: Params) -> MultiTransformState:
         masks = _label_masks(name, param_labels, params, "params", transforms)
         return MultiTransformState(
-            {g: MaskedState(t.init(_hide(masks[g], params))) for g, t in transforms.items()}
+            {g: MaskedState(_init_hidden(t, masks[g], params)) for g, t in transforms.items()}
         )
 
     def update(

@@ -283,6 +283,12 @@ def ema(decay: float | torch.Tensor, debias: bool = True) -> GradientTransformat
     return GradientTransformation(init, update)
 
 
+def _copy(tree: Params) -> Params:
+    """``tree`` with every tensor leaf cloned (other leaves as they are)."""
+    leaves, treedef = _flatten(tree)
+    return treedef.unflatten([x.clone() if isinstance(x, torch.Tensor) else x for x in leaves])
+
+
 class LookaheadParams(NamedTuple):
     """The parameters :func:`lookahead` works on: ``fast`` (take gradients here) and ``slow``
     (evaluate here).
@@ -298,8 +304,13 @@ class LookaheadParams(NamedTuple):
 
     @classmethod
     def init_synced(cls, params: Params) -> LookaheadParams:
-        """Fast and slow parameters that start equal."""
-        return cls(fast=params, slow=params)
+        """Fast and slow parameters that start equal: ``fast`` is ``params`` and ``slow`` a copy.
+
+        Fast and slow never share a tensor, so a jitted step sees the same aliasing (none) at
+        every call and compiles once (torch.compile guards on ``fast is slow``), and donating
+        them reuses both.
+        """
+        return cls(fast=params, slow=_copy(params))
 
 
 class LookaheadState(NamedTuple):
