@@ -8,7 +8,11 @@
 #
 # - Every call flattens the non-static arguments with optree and builds a key from the tree
 #   structure, each non-tensor leaf (with its type, so 1, 1.0 and True differ) and the static
-#   values. A dict maps keys to entries.
+#   values. A dict maps keys to entries. Arguments that are all tensors (a train step's
+#   parameters, state and batch) key on their types and requires_grad flags through C-level
+#   maps, with no Python call per leaf: the whole per-call cost of an Adam step over 196 leaves
+#   (~790 tensors) went from 744 to 393 us with this and inductor's size asserts off (dynamo's
+#   guards already check every input's sizes and strides).
 # - Each entry wraps its own copy of a small trampoline function, with a fresh code object, in
 #   its own torch.compile. Dynamo's per-code cache and recompile limit therefore belong to one
 #   (jitted function, signature) pair and never leak between jitted functions; within an entry
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import re
 import sys
 import types
@@ -106,7 +111,11 @@ class _CountingBackend:
         self.__name__ = backend if isinstance(backend, str) else getattr(backend, "__name__", "")
         dynamic = owner.dynamic
         if backend == "inductor":
-            self.inner: Any = torch._TorchCompileInductorWrapper(mode, None, dynamic)  # type: ignore[no-untyped-call]
+            # No input size asserts in the generated wrapper: dynamo's guards have checked every
+            # input's sizes and strides before the graph runs, and the asserts cost ~0.3 us per
+            # tensor per call (an Adam step over 196 leaves passes ~790 tensors: 0.25 ms).
+            options = {"size_asserts": False}
+            self.inner: Any = torch._TorchCompileInductorWrapper(mode, options, dynamic)  # type: ignore[no-untyped-call]
         else:
             self.inner = torch._TorchCompileWrapper(backend, mode, None, dynamic)  # type: ignore[no-untyped-call]
 
@@ -251,6 +260,20 @@ def _as_str_tuple(value: Any, what: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+_TENSOR_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
+_requires_grad = operator.attrgetter("requires_grad")
+
+
+def _leaves_key(leaves: list[Any]) -> Any:
+    """The cache key's part for the leaves: their types and requires_grad when all are plain
+    tensors (C-level maps, no Python call per leaf: a step can have ~800 tensor leaves), each
+    leaf's :func:`_leaf_key` otherwise."""
+    types = tuple(map(type, leaves))
+    if _TENSOR_TYPES.issuperset(types):
+        return (_TENSOR, types, tuple(map(_requires_grad, leaves)))
+    return tuple(map(_leaf_key, leaves))
+
+
 def _leaf_key(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return _TENSOR_RG if x.requires_grad else _TENSOR
@@ -356,7 +379,7 @@ class Jitted:
         leaves: list[Any]
         leaves, treedef = optree.tree_flatten((args, kwargs), namespace=NAMESPACE)  # type: ignore[arg-type]
         # requires_grad and grad mode are in the key so that donation is checked once per entry.
-        key = (treedef, tuple(map(_leaf_key, leaves)), static_pos, static_kw, _grad_enabled())
+        key = (treedef, _leaves_key(leaves), static_pos, static_kw, _grad_enabled())
         return key, args, kwargs, static_pos, static_kw
 
     def _unhashable(

@@ -186,6 +186,23 @@ def test_tensor_hyperparameter_never_recompiles_python_float_does() -> None:
     assert f.compile_count == 3
 
 
+def test_a_leaf_that_is_a_number_or_a_tensor_is_two_signatures() -> None:
+    """The same position holding a Python number, a tensor, a tensor requiring grad, or a
+    Parameter: each its own signature (all-tensor arguments take a faster key), right values."""
+    f = jit(lambda x, c: x * c, backend="aot_eager")
+    two = torch.tensor(2.0, dtype=torch.float64)
+    assert_trees_allclose(f(x3(), 2.0), x3() * 2)
+    assert_trees_allclose(f(x3(), two), x3() * 2)
+    assert_trees_allclose(f(x3(), two), x3() * 2)
+    assert f.cache_size == 2
+    with torch.no_grad():
+        assert_trees_allclose(f(x3(), two.clone().requires_grad_()), x3() * 2)
+        assert_trees_allclose(f(x3(), torch.nn.Parameter(two.clone())), x3() * 2)
+    assert f.cache_size == 4
+    assert_trees_allclose(f(x3(), 2.0), x3() * 2)
+    assert f.cache_size == 4
+
+
 def test_static_argument_by_position_or_by_name() -> None:
     """As in JAX, static_argnums and static_argnames name the same parameter either way."""
 
