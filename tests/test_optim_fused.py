@@ -158,22 +158,23 @@ def test_state_layout_is_the_composed_chains() -> None:
         ]
 
 
-def test_bit_identical_to_torch_optim_fused_adam_in_float32() -> None:
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_bit_identical_to_torch_optim_fused_adam_in_float32(device: str) -> None:
     """p + (0 - x) is p - x exactly: 30 float32 steps equal torch.optim.Adam(fused=True)'s
     in-place steps bit for bit, with the same gradients."""
-    params = _params(torch.float32)
+    params = fg.tree.map(lambda x: x.to(device), _params(torch.float32))
     torch_params = [torch.nn.Parameter(v.clone()) for v in params.values()]
     torch_opt = torch.optim.Adam(torch_params, lr=0.01, fused=True)
     opt = optim.adam(0.01)
     state = opt.init(params)
     for _ in range(30):
-        grads = _grad_fn(params)
-        updates, state = opt.update(grads, state, params)
+        updates, state = opt.update(_grad_fn(params), state, params)
         params = optim.apply_updates(params, updates)
-        for p, g in zip(
-            torch_params,
-            _grad_fn({str(i): p.detach() for i, p in enumerate(torch_params)}).values(),
-        ):
+        current = {k: p.detach() for k, p in zip(params, torch_params)}
+        for p, g in zip(torch_params, _grad_fn(current).values()):
             p.grad = g
         torch_opt.step()
         for got, want in zip(params.values(), torch_params):
@@ -331,3 +332,30 @@ def test_kernel_refusal_falls_back_to_the_composed_chain(monkeypatch: pytest.Mon
     refused = _fused._REFUSED
     assert refused == {("cpu", F64)}
     assert_trees_allclose(got, _run(composed(), _params(), 3), rtol=0, atol=0)
+
+
+def _cuda_configs() -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
+    """CONFIGS with their tensor hyperparameters on the GPU."""
+    configs = {k: v for k, v in CONFIGS.items() if "tensor" not in k}
+    if torch.cuda.is_available():
+        lr = torch.tensor(0.01, dtype=F64, device="cuda")
+        configs["adam_tensor_lr"] = (
+            lambda: optim.adam(lr),
+            lambda: optim.chain(
+                optim.identity(), optim.scale_by_adam(), optim.scale_by_learning_rate(lr)
+            ),
+        )
+    return configs
+
+
+@CUDA
+@pytest.mark.parametrize("config", sorted(_cuda_configs()))
+def test_cuda_kernel_equals_composed_chain(config: str, kernel_calls: list[int]) -> None:
+    """On a GPU (steps and a tensor learning rate go to the kernel as device tensors): every
+    step is one kernel call, and 20 float64 steps equal the composed chain's."""
+    fused, composed = _cuda_configs()[config]
+    params = fg.tree.map(lambda x: x.cuda(), _params())
+    got = _run(fused(), params, 20)
+    assert kernel_calls == [4] * 20
+    expected = _run(composed(), params, 20)
+    assert_trees_allclose(got, expected, rtol=1e-12, atol=1e-15)

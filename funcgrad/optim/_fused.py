@@ -142,8 +142,8 @@ def fusable(
         torch._foreach_copy_(new_mu, mu)
         torch._foreach_copy_(new_nu, nu)
         try:
-            for _, device, index in groups:
-                _kernel(new_u, g, new_mu, new_nu, index, count, device, lr, b1, b2, eps)
+            for (_, dtype), device, index in groups:
+                _kernel(new_u, g, new_mu, new_nu, index, count, device, dtype, lr, b1, b2, eps)
         except torch.OutOfMemoryError:
             raise
         except RuntimeError:
@@ -175,6 +175,7 @@ def _kernel(
     index: list[int] | None,
     count: torch.Tensor,
     device: torch.device,
+    dtype: torch.dtype,
     lr: float | torch.Tensor,
     b1: float,
     b2: float,
@@ -182,9 +183,12 @@ def _kernel(
 ) -> None:
     """One fused Adam kernel over the leaves ``index`` (all of them for None), in place on the
     fresh buffers ``u``, ``mu``, ``nu``. Steps and a tensor learning rate go in as float32
-    tensors on the leaves' device, as torch.optim passes them."""
+    tensors on the leaves' device, as torch.optim passes them; for float64 leaves a tensor
+    learning rate goes in as a Python float (float32 would round it)."""
     if index is not None:
         u, g, mu, nu = ([x[i] for i in index] for x in (u, g, mu, nu))
+    if isinstance(lr, torch.Tensor):
+        lr = lr.item() if dtype == torch.float64 else lr.to(device=device, dtype=torch.float32)
     step = count.to(device=device, dtype=torch.float32)
     torch._fused_adam_(
         u,
@@ -193,7 +197,7 @@ def _kernel(
         nu,
         [],
         [step] * len(u),
-        lr=lr if isinstance(lr, float) else lr.to(device=device, dtype=torch.float32),
+        lr=lr,
         beta1=float(b1),
         beta2=float(b2),
         weight_decay=0.0,
