@@ -305,9 +305,13 @@ def test_bad_input_gets_the_composed_chains_errors() -> None:
         opt.update(_grad_fn(params), (), params)
     with pytest.raises(ValueError, match=r"add_decayed_weights: this transformation needs"):
         opt.update(_grad_fn(params), opt.init(params), None)
-    bad = optim.adamw(0.01, weight_decay=0.1, mask={"w": True})
-    with pytest.raises(ValueError, match=r"mask"):
-        bad.update(_grad_fn(params), bad.init(params), params)
+    for decay in (0.1, 0.0):  # a zero decay still needs params and a valid mask, as eagerly
+        no_decay = optim.adamw(0.01, weight_decay=decay)
+        with pytest.raises(ValueError, match=r"add_decayed_weights: this transformation needs"):
+            no_decay.update(_grad_fn(params), no_decay.init(params))
+        bad = optim.adamw(0.01, weight_decay=decay, mask={"w": True})
+        with pytest.raises(ValueError, match=r"mask"):
+            bad.update(_grad_fn(params), bad.init(params), params)
     state = opt.init({"w": params["w"]})
     with pytest.raises(ValueError, match=r"scale_by_adam: the state's first moment \(mu\)"):
         opt.update(_grad_fn(params), state, params)

@@ -104,7 +104,7 @@ def fusable(
             or type(state) is not tuple
             or len(state) != 3
             or type(state[adam_index]) is not ScaleByAdamState
-            or (params is None and (l2 or _has_decoupled(decoupled)))
+            or (params is None and (l2 or adamw))  # the chain raises its error
             or (isinstance(decoupled, torch.Tensor) and decoupled.requires_grad)
         ):
             return composed_update(updates, state, params)
@@ -120,7 +120,7 @@ def fusable(
         if groups is None or not g:
             return composed_update(updates, state, params)
         p: list[torch.Tensor] = []
-        if l2 or _has_decoupled(decoupled):
+        if l2 or adamw:
             p = flat_like("add_decayed_weights", "params", params, treedef, updates)
             if not _plain(p):
                 return composed_update(updates, state, params)
@@ -154,8 +154,7 @@ def fusable(
             return composed_update(updates, state, params)
         new_adam = ScaleByAdamState(count, treedef.unflatten(new_mu), treedef.unflatten(new_nu))
         if adamw:
-            if _has_decoupled(decoupled):
-                _decay(new_u, p, lr, decoupled, mask, params)
+            _decay(new_u, p, lr, decoupled, mask, params)
             new_state = (new_adam, state[1], lr_state)
         else:
             new_state = (state[0], new_adam, lr_state)
@@ -266,12 +265,13 @@ def _decay(
     mask: Any,
     params: Params,
 ) -> None:
-    """``u -= lr * weight_decay * p`` in place, on the leaves the mask selects."""
+    """``u -= lr * weight_decay * p`` in place, on the leaves the mask selects. The mask is
+    checked even for a zero decay, as the composed chain's add_decayed_weights does."""
     if mask is not None:
         keep = _mask_leaves("add_decayed_weights", mask, params)
         index = [i for i, k in enumerate(keep) if k]
         u, p = [u[i] for i in index], [p[i] for i in index]
-    if not u:
+    if not u or not _has_decoupled(weight_decay):
         return
     if isinstance(weight_decay, torch.Tensor):
         # lr * wd in float64 (a float32 tensor times a Python float stays float32), as the
