@@ -193,9 +193,9 @@ def _map_with_path_traced(
     Dynamo (torch 2.13) traces optree.tree_map_with_path into wrong paths: torch's key objects
     (MappingKey('a'), GetAttrKey('x') for a NamedTuple field) instead of optree's entries, and
     below a registered dataclass or an OrderedDict only the last entry. A label function
-    comparing keys would then silently choose differently under jit. Rebuilding the whole tree
-    from a flat list of constant leaves (labels) also fails there: dynamo folds the rebuild of
-    each node at trace time and hashes its children, so they go in as a tuple, node by node.
+    comparing keys would then silently choose differently under jit. Unflattening a tree of
+    constant leaves (labels) fails there too (dynamo folds optree's rebuild of each node at
+    trace time), so the walk rebuilds each node itself (:func:`_rebuild`).
     """
 
     def walk(path: tuple[Any, ...], node: Any, others: list[Any]) -> Any:
