@@ -24,6 +24,9 @@ step pays for them again in page faults (the "page faults / step" column shows w
 ``--keep-freed-memory`` sets ``mallopt`` so that freed memory is always reused (what
 jemalloc/tcmalloc or a caching allocator would do), to separate that cost from the arithmetic.
 
+``--jit-foreach`` makes the jitted steps trace ``torch._foreach_*`` ops instead of one op per
+leaf (an experiment for CUDA, where the foreach lowering has not been measured against it).
+
 Run: ``python benchmarks/optim.py`` (``--quick``: a small model and a few rounds, a smoke run).
 """
 
@@ -253,6 +256,11 @@ def main() -> None:
         "--keep-freed-memory", action="store_true", help="glibc: reuse freed memory (mallopt)"
     )
     parser.add_argument(
+        "--jit-foreach",
+        action="store_true",
+        help="experiment: jitted steps trace torch._foreach_* ops instead of per-leaf ops",
+    )
+    parser.add_argument(
         "--warm-cache", action="store_true", help="reuse inductor's on-disk caches (default: cold)"
     )
     opts = parser.parse_args()
@@ -273,6 +281,15 @@ def run(opts: argparse.Namespace) -> None:
     global _DEVICE
     _DEVICE = torch.device(opts.device)
     malloc = "default malloc"
+    if opts.jit_foreach:
+        # Under torch.compile funcgrad's optimizers trace one op per leaf (inductor fuses them;
+        # on the CPU that beat the foreach lowering, 17.6 vs 31.0 ms). On CUDA the foreach
+        # lowering (combo kernels) is unmeasured: this swaps the choice for the whole run.
+        from funcgrad import _api_util
+        from funcgrad.optim import _foreach
+
+        _foreach.fast = lambda: not _api_util.in_transform()  # type: ignore[method-assign]
+        malloc += ", jitted steps traced with foreach ops"
     if opts.keep_freed_memory:
         malloc = "mallopt: freed memory kept" if keep_freed_memory() else "mallopt unavailable"
     if opts.threads:
