@@ -19,41 +19,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from _common import compare
 from _common import cpu_name as _cpu_name
 
 import funcgrad as fg
 from funcgrad import optim
-
-
-def _time_per_call(fn: Callable[[], Any], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
-def compare(
-    candidates: dict[str, Callable[[], Any]], rounds: int, sample_s: float = 0.02
-) -> dict[str, float]:
-    """Median seconds per call of each candidate, in interleaved rounds (each sample lasts
-    about ``sample_s``; the order alternates from round to round)."""
-    calls = {}
-    for name, fn in candidates.items():  # warm up (compiles), calibrate
-        for _ in range(3):
-            fn()
-        calls[name] = max(1, round(sample_s / _time_per_call(fn, 3)))
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    names = list(candidates)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            samples[name].append(_time_per_call(candidates[name], calls[name]))
-    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def tiny_case() -> dict[str, Callable[[], Any]]:

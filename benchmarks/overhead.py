@@ -14,46 +14,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.func
+from _common import compare
 from _common import cpu_name as _cpu_name
 
 import funcgrad as fg
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-
-def _time_per_call(fn: Callable[[], Any], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
-def compare(
-    candidates: dict[str, Callable[[], Any]], rounds: int, sample_s: float = 0.02
-) -> dict[str, float]:
-    """Median seconds per call of each candidate, timed in interleaved rounds.
-
-    Each sample times enough back-to-back calls of one candidate to last about ``sample_s``.
-    """
-    calls = {}
-    for name, fn in candidates.items():  # warm up (first-call costs, lazy imports), calibrate
-        for _ in range(3):
-            fn()
-        calls[name] = max(1, round(sample_s / _time_per_call(fn, 3)))
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    names = list(candidates)
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        for name in order:
-            samples[name].append(_time_per_call(candidates[name], calls[name]))
-    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def tiny_case() -> dict[str, dict[str, Callable[[], Any]]]:

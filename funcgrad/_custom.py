@@ -163,6 +163,7 @@ class _Custom(Generic[F]):
         return tuple(bound.args)
 
     def _check_rule(self) -> None:
+        """Raises unless the rule is defined (each subclass overrides this)."""
         raise NotImplementedError
 
     def _plain(self, call: _Call) -> bool:
@@ -213,6 +214,7 @@ class _Custom(Generic[F]):
         return call.out_def.unflatten(flat[: call.out_def.num_leaves])
 
     def _prepare_traced(self, call: _Call) -> None:
+        """Checks and records what tracing under jit needs (each subclass overrides this)."""
         raise NotImplementedError
 
     _function: Any

@@ -269,6 +269,24 @@ def _aot(f: Any) -> Any:
     return fg.jit(f, backend="aot_eager")
 
 
+def _loss_grads_both_ways(mode: str, f: Any, jf: Any, w: Any, xs: Any) -> tuple[Any, Any]:
+    """funcgrad's and JAX's gradients of ``loss(w, xs)`` w.r.t. ``w``: plain ("grad"), per
+    example ("vmap_grad"), under jit ("jit_grad") and of the gradient's sum ("grad_grad")."""
+    jax, _ = helpers.require_jax()
+    jw, jxs = helpers.to_jax((w, xs))
+    if mode == "grad":
+        actual, expected = fg.grad(f)(w, xs), jax.grad(jf)(jw, jxs)
+    elif mode == "vmap_grad":
+        actual = fg.vmap(fg.grad(f), in_axes=(None, 0))(w, xs)
+        expected = jax.vmap(jax.grad(jf), in_axes=(None, 0))(jw, jxs)
+    elif mode == "jit_grad":
+        actual, expected = _aot(fg.grad(f))(w, xs), jax.jit(jax.grad(jf))(jw, jxs)
+    else:
+        actual = fg.grad(lambda w: fg.grad(f)(w, xs).sum())(w)
+        expected = jax.grad(lambda w: jax.grad(jf)(w, jxs).sum())(jw)
+    return actual, expected
+
+
 # --------------------------------------------------------------------------------------------
 # log1pexp: a numerically stable derivative (custom_jvp), the JAX documentation's example
 # --------------------------------------------------------------------------------------------
@@ -382,21 +400,10 @@ def _ste_loss(ste: Any, lib: Any) -> Any:
 @pytest.mark.parametrize("mode", ["grad", "vmap_grad", "jit_grad", "grad_grad"])
 def test_straight_through_custom_vjp_matches_jax(mode):
     """grad, per-example grad, jit(grad) and grad-of-grad through the STE equal JAX's."""
-    jax, jnp = helpers.require_jax()
+    _, jnp = helpers.require_jax()
     w, xs = 2 * t(3, seed=4), 3 * t(5, 3, seed=5)
     f, jf = _ste_loss(ste_round, torch), _ste_loss(_jax_ste(), jnp)
-    jw, jxs = helpers.to_jax((w, xs))
-    if mode == "grad":
-        actual, expected = fg.grad(f)(w, xs), jax.grad(jf)(jw, jxs)
-    elif mode == "vmap_grad":
-        actual = fg.vmap(fg.grad(f), in_axes=(None, 0))(w, xs)
-        expected = jax.vmap(jax.grad(jf), in_axes=(None, 0))(jw, jxs)
-    elif mode == "jit_grad":
-        actual, expected = _aot(fg.grad(f))(w, xs), jax.jit(jax.grad(jf))(jw, jxs)
-    else:
-        actual = fg.grad(lambda w: fg.grad(f)(w, xs).sum())(w)
-        expected = jax.grad(lambda w: jax.grad(jf)(w, jxs).sum())(jw)
-    assert_trees_allclose(actual, expected)
+    assert_trees_allclose(*_loss_grads_both_ways(mode, f, jf, w, xs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,20 +444,11 @@ def test_gradient_clipping_custom_vjp_matches_jax(mode):
     jax, jnp = helpers.require_jax()
     w, xs = t(3, seed=6), 2 * t(4, 3, seed=7)
     f, jf = _clip_loss(clip_gradient, torch), _clip_loss(_jax_clip(), jnp)
-    jw, jxs = helpers.to_jax((w, xs))
-    if mode == "grad":
-        actual, expected = fg.grad(f)(w, xs), jax.grad(jf)(jw, jxs)
-    elif mode == "vmap_grad":
-        actual = fg.vmap(fg.grad(f), in_axes=(None, 0))(w, xs)
-        expected = jax.vmap(jax.grad(jf), in_axes=(None, 0))(jw, jxs)
-    elif mode == "jit_grad":
-        actual, expected = _aot(fg.grad(f))(w, xs), jax.jit(jax.grad(jf))(jw, jxs)
-    elif mode == "grad_grad":
-        actual = fg.grad(lambda w: fg.grad(f)(w, xs).sum())(w)
-        expected = jax.grad(lambda w: jax.grad(jf)(w, jxs).sum())(jw)
-    else:
+    if mode == "kwargs":
         actual = fg.grad(lambda w: (torch.sin(clip_gradient(0.5, x=xs * w)) * 4 * w).sum())(w)
-        expected = jax.grad(jf)(jw, jxs)
+        expected = jax.grad(jf)(*helpers.to_jax((w, xs)))
+    else:
+        actual, expected = _loss_grads_both_ways(mode, f, jf, w, xs)
     assert_trees_allclose(actual, expected)
     assert not torch.equal(actual, fg.grad(_clip_loss(lambda b, x: x, torch))(w, xs))
 

@@ -9,7 +9,8 @@ layout, purity, and mixed dtypes (one kernel call per dtype group).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import helpers
@@ -161,49 +162,46 @@ def test_state_layout_is_the_composed_chains() -> None:
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def _alongside_torch(
+    opt: optim.GradientTransformation,
+    make_torch: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+    params: dict[str, torch.Tensor],
+    steps: int,
+) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """Steps ``opt`` and a torch.optim optimizer (made from a copy of the parameters), each on
+    the gradients at its own parameters; yields both parameter dicts after every step."""
+    torch_params = [torch.nn.Parameter(v.clone()) for v in params.values()]
+    torch_opt = make_torch(torch_params)
+    state = opt.init(params)
+    for _ in range(steps):
+        updates, state = opt.update(_grad_fn(params), state, params)
+        params = optim.apply_updates(params, updates)
+        current = {k: p.detach() for k, p in zip(params, torch_params)}
+        for p, g in zip(torch_params, _grad_fn(current).values()):
+            p.grad = g
+        torch_opt.step()
+        yield params, {k: p.detach() for k, p in zip(params, torch_params)}
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 def test_bit_identical_to_torch_optim_fused_adam_in_float32(device: str) -> None:
     """p + (0 - x) is p - x exactly: 30 float32 steps equal torch.optim.Adam(fused=True)'s
     in-place steps bit for bit, with the same gradients."""
     params = fg.tree.map(lambda x: x.to(device), _params(torch.float32))
-    torch_params = [torch.nn.Parameter(v.clone()) for v in params.values()]
-    torch_opt = torch.optim.Adam(torch_params, lr=0.01, fused=True)
-    opt = optim.adam(0.01)
-    state = opt.init(params)
-    for _ in range(30):
-        updates, state = opt.update(_grad_fn(params), state, params)
-        params = optim.apply_updates(params, updates)
-        current = {k: p.detach() for k, p in zip(params, torch_params)}
-        for p, g in zip(torch_params, _grad_fn(current).values()):
-            p.grad = g
-        torch_opt.step()
-        for got, want in zip(params.values(), torch_params):
-            assert torch.equal(got, want.detach())
+    fused = functools.partial(torch.optim.Adam, lr=0.01, fused=True)
+    for ours, theirs in _alongside_torch(optim.adam(0.01), fused, params, 30):
+        for k in ours:
+            assert torch.equal(ours[k], theirs[k])
 
 
 @pytest.mark.parametrize("alias", ["adam", "adamw"])
 def test_follows_torch_optim_in_float64(alias: str) -> None:
     """60 float64 steps follow torch.optim.Adam / AdamW (foreach) to rtol 1e-10."""
-    params = _params()
     make = {"adam": (optim.adam, torch.optim.Adam), "adamw": (optim.adamw, torch.optim.AdamW)}
     ours, theirs = make[alias]
-    opt = ours(0.01, weight_decay=0.05)
-    torch_params = [torch.nn.Parameter(v.clone()) for v in params.values()]
-    torch_opt = theirs(torch_params, lr=0.01, weight_decay=0.05, foreach=True)
-    state = opt.init(params)
-    for _ in range(60):
-        updates, state = opt.update(_grad_fn(params), state, params)
-        params = optim.apply_updates(params, updates)
-        current = {k: p.detach() for k, p in zip(params, torch_params)}
-        for p, g in zip(torch_params, _grad_fn(current).values()):
-            p.grad = g
-        torch_opt.step()
-    assert_trees_allclose(
-        params,
-        {k: p.detach() for k, p in zip(params, torch_params)},
-        rtol=1e-10,
-        atol=1e-12,
-    )
+    torch_opt = functools.partial(theirs, lr=0.01, weight_decay=0.05, foreach=True)
+    *_, (got, expected) = _alongside_torch(ours(0.01, weight_decay=0.05), torch_opt, _params(), 60)
+    assert_trees_allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_mixed_dtypes_one_kernel_call_per_group(kernel_calls: list[int]) -> None:

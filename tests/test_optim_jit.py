@@ -62,24 +62,37 @@ def _loss(p: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((torch.tanh(x @ p["w"] + p["b"]) - y) ** 2).mean()
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_jitted_donated_step_follows_the_eager_trajectory(name: str) -> None:
-    opt = OPTIMIZERS[name]()
+def _follow_eager(
+    opt: optim.GradientTransformation,
+    loss: Callable[..., torch.Tensor],
+    params: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    donate: bool = True,
+    steps: int = STEPS,
+    at: Callable[[Any], Any] = lambda p: p,
+) -> None:
+    """Runs ``steps`` jitted steps next to eager ones, comparing everything after each step;
+    gradients are taken at ``at(params)``; one compilation in all."""
 
     def step(p: Any, s: Any, x: torch.Tensor, y: torch.Tensor) -> Any:
-        loss, g = fg.value_and_grad(_loss)(p, x, y)
+        value, g = fg.value_and_grad(loss)(at(p), x, y)
         updates, s = opt.update(g, s, p)
-        return optim.apply_updates(p, updates), s, loss
+        return optim.apply_updates(p, updates), s, value
 
-    jstep = fg.jit(step, donate_argnums=(0, 1), backend="aot_eager")
-    params, x, y = _problem()
+    jstep = fg.jit(step, donate_argnums=(0, 1) if donate else (), backend="aot_eager")
     state = opt.init(params)
     ref_params, ref_state = fg.tree.map(torch.clone, (params, state))
-    for _ in range(STEPS):
+    for _ in range(steps):
         ref_params, ref_state, ref_loss = step(ref_params, ref_state, x, y)
-        params, state, loss = jstep(params, state, x, y)
-        assert_trees_allclose((params, state, loss), (ref_params, ref_state, ref_loss))
+        params, state, value = jstep(params, state, x, y)
+        assert_trees_allclose((params, state, value), (ref_params, ref_state, ref_loss))
     assert jstep.compile_count == 1
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_jitted_donated_step_follows_the_eager_trajectory(name: str) -> None:
+    _follow_eager(OPTIMIZERS[name](), _loss, *_problem())
 
 
 def test_vmapped_ensemble_step_under_jit() -> None:
@@ -138,34 +151,6 @@ def _nested_problem() -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
 def _nested_loss(p: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     h = torch.tanh(x @ p["enc"]["w"] + p["enc"]["b"]) * p["scale"]
     return ((h * p["head"]["v"] + p["head"]["u"] - y) ** 2).mean()
-
-
-def _follow_eager(
-    opt: optim.GradientTransformation,
-    loss: Callable[..., torch.Tensor],
-    params: Any,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    donate: bool = True,
-    steps: int = STEPS,
-    at: Callable[[Any], Any] = lambda p: p,
-) -> None:
-    """Runs ``steps`` jitted steps next to eager ones, comparing everything after each step;
-    gradients are taken at ``at(params)``; one compilation in all."""
-
-    def step(p: Any, s: Any, x: torch.Tensor, y: torch.Tensor) -> Any:
-        value, g = fg.value_and_grad(loss)(at(p), x, y)
-        updates, s = opt.update(g, s, p)
-        return optim.apply_updates(p, updates), s, value
-
-    jstep = fg.jit(step, donate_argnums=(0, 1) if donate else (), backend="aot_eager")
-    state = opt.init(params)
-    ref_params, ref_state = fg.tree.map(torch.clone, (params, state))
-    for _ in range(steps):
-        ref_params, ref_state, ref_loss = step(ref_params, ref_state, x, y)
-        params, state, value = jstep(params, state, x, y)
-        assert_trees_allclose((params, state, value), (ref_params, ref_state, ref_loss))
-    assert jstep.compile_count == 1
 
 
 def _labels_by_rank(p: Any) -> Any:

@@ -35,13 +35,13 @@ from typing import Any
 
 import torch
 
-from .. import _api_util
 from ._base import (
     GradientTransformation,
     OptState,
     Params,
     ScalarOrSchedule,
     Updates,
+    _eager,
     flat_like,
     safe_increment,
 )
@@ -100,7 +100,7 @@ def fusable(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, OptState]:
         if (
-            not _eager_and_untracked()
+            not _eager()  # the kernel has no autograd, batching or functorch rule
             or type(state) is not tuple
             or len(state) != 3
             or type(state[adam_index]) is not ScaleByAdamState
@@ -210,11 +210,6 @@ def _kernel(
 def _has_decoupled(decoupled: Any) -> bool:
     """Whether AdamW's decay term is there (a tensor always is: inject_hyperparams)."""
     return isinstance(decoupled, torch.Tensor) or bool(decoupled)
-
-
-def _eager_and_untracked() -> bool:
-    """Eager mode, outside torch.func transforms (the kernel has no autograd or batching rule)."""
-    return not torch.compiler.is_compiling() and not _api_util.in_transform()
 
 
 def _plain(xs: list[Any]) -> bool:
