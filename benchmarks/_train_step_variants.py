@@ -41,6 +41,7 @@ REF = "torch eager: Module + Adam(foreach)"
 JIT_DONATED = "fg.jit(step), donated params & state"
 JIT_PLAIN = "fg.jit(step), no donation"
 RAW = "torch.compile(same functional step), no fg.jit"
+JIT_TORCH_MATMUL = "fg.jit(step), donated, torch's matmuls (FUNCGRAD_CPU_MATMUL=torch)"
 JIT_CUDA_GRAPHS = "fg.jit(step), donated, reduce-overhead"
 
 
@@ -103,6 +104,8 @@ def train_steps(w: Workload, use_jax: bool) -> dict[str, Callable[[], Step]]:
         JIT_PLAIN: lambda: FuncgradStep(w, "jit"),
         RAW: lambda: FuncgradStep(w, "torch.compile"),
     }
+    if not cuda:  # NOTE [CPU matmuls on oneDNN]: fg.jit without its oneDNN products
+        steps[JIT_TORCH_MATMUL] = lambda: FuncgradStep(w, "jit-donated", cpu_matmul="torch")
     if cuda:
         steps["torch.compile(model) + compiled step, reduce-overhead"] = lambda: TorchStep(
             w, fused=False, compile_model=True, compile_step=True, mode="reduce-overhead"

@@ -114,7 +114,12 @@ class _CountingBackend:
             # No input size asserts in the generated wrapper: dynamo's guards have checked every
             # input's sizes and strides before the graph runs, and the asserts cost ~0.3 us per
             # tensor per call (an Adam step over 196 leaves passes ~790 tensors: 0.25 ms).
-            options = {"size_asserts": False}
+            options: dict[str, Any] = {"size_asserts": False}
+            from . import _cpu_matmul  # imports inductor's pass base class: only when compiling
+
+            matmul_pass = _cpu_matmul.post_grad_pass()  # NOTE [CPU matmuls on oneDNN]
+            if matmul_pass is not None:
+                options["post_grad_custom_post_pass"] = matmul_pass
             self.inner: Any = torch._TorchCompileInductorWrapper(mode, options, dynamic)  # type: ignore[no-untyped-call]
         else:
             self.inner = torch._TorchCompileWrapper(backend, mode, None, dynamic)  # type: ignore[no-untyped-call]
@@ -641,7 +646,10 @@ def jit(
         dynamic: torch.compile's ``dynamic`` (``None``: static shapes first, dynamic on a
             shape change).
         backend: torch.compile's backend; ``"aot_eager"`` compiles in about a second and is
-            handy in tests.
+            handy in tests. With ``"inductor"`` (the default), large float32 CPU matrix
+            products run on oneDNN where a measurement at the first compilation finds it faster
+            than torch's BLAS (AMD CPUs); the environment variable ``FUNCGRAD_CPU_MATMUL``
+            (``auto``, ``onednn`` or ``torch``) overrides that.
 
     Returns:
         A :class:`funcgrad.Jitted` function with ``lower(*args)`` (the captured graph),
