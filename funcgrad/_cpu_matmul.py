@@ -12,9 +12,11 @@
 # So fg.jit adds an inductor post-grad pass (it runs on the forward and backward graphs after
 # AOTAutograd) that replaces an eligible ``aten.mm``/``aten.addmm`` with ``funcgrad::onednn_mm``,
 # a custom op whose CPU kernel calls that primitive with dense operands. Eligible: CPU, float32,
-# 2-d, ``addmm`` with a 1-d bias and unit alpha/beta, at least 2**20 multiply-adds (below that
-# oneDNN's ~8 us per call loses to BLAS), and a row-major left operand or all dimensions >= 64
-# (a transposed left operand with a small dimension was slower). Which product is used changes
+# 2-d, ``addmm`` with a 1-d bias and unit alpha/beta, at least 2**21 multiply-adds (oneDNN spends
+# ~11 us per call before it computes: a 128x128 @ 128x128 product, 2**21, takes the same time
+# both ways, 2x larger ones less on oneDNN), and a row-major left operand or all dimensions >= 64
+# (a transposed left operand with a small dimension was slower). benchmarks/cpu_matmul.py
+# measures the products of an MLP step and the threshold. Which product is used changes
 # only the float32 summation order.
 #
 # Whether it pays depends on the CPU and the BLAS, so it is measured: the first inductor
@@ -37,7 +39,7 @@ __all__: list[str] = []
 
 ENV_VAR = "FUNCGRAD_CPU_MATMUL"
 _CHOICES = ("auto", "onednn", "torch")
-_MIN_MACS = 1 << 20  # multiply-adds below which BLAS wins
+_MIN_MACS = 1 << 21  # multiply-adds below which BLAS wins (oneDNN: ~11 us per call)
 _MIN_DIM_TRANSPOSED = 64  # a column-major left operand needs every dimension this large
 _THRESHOLD = 0.8  # oneDNN's time over BLAS's at which auto enables the pass
 
