@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch._inductor.utils import run_and_get_code
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -116,6 +118,38 @@ def test_rewrite_replaces_the_eligible_products_and_keeps_the_values() -> None:
     assert targets.count(torch.ops.aten.addmm.default) == 1  # alpha=0.5
     assert targets.count(torch.ops.aten.mm.default) == 1  # 8x8
     torch.testing.assert_close(gm(*args), _mlp(*args), rtol=1e-5, atol=1e-2)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    m=st.integers(1, 300),
+    k=st.integers(1, 300),
+    n=st.integers(1, 300),
+    a_row_major=st.booleans(),
+    b_row_major=st.booleans(),
+    with_bias=st.booleans(),
+)
+def test_the_rewrite_keeps_every_product(
+    m: int, k: int, n: int, a_row_major: bool, b_row_major: bool, with_bias: bool
+) -> None:
+    """Law: the graph after the pass computes what it did before (a float64 product), and the
+    pass rewrites exactly the eligible products."""
+    gen = torch.Generator().manual_seed(m * 1_000_000 + k * 1000 + n)
+    a = _layout(m, k, a_row_major, gen)
+    b = _layout(k, n, b_row_major, gen)
+    args: tuple[torch.Tensor, ...] = (a, b)
+    if with_bias:
+        args += (torch.randn(n, generator=gen),)
+
+    def f(a: torch.Tensor, b: torch.Tensor, *bias: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(bias[0], a, b) if bias else torch.mm(a, b)
+
+    gm = make_fx(f, tracing_mode="fake")(*args)
+    expected = _cpu_matmul.eligible(a, b, args[2] if with_bias else None)
+    assert _cpu_matmul.rewrite(gm.graph) == int(expected)
+    gm.recompile()
+    want = a.double() @ b.double() + (args[2].double() if with_bias else 0)
+    torch.testing.assert_close(gm(*args).double(), want, rtol=1e-4, atol=1e-4 * k**0.5)
 
 
 def test_the_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
