@@ -51,6 +51,10 @@ _lib.define("onednn_mm(Tensor a, Tensor b, Tensor? bias) -> Tensor")  # type: ig
 
 def _onednn_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``a @ b (+ bias)`` through oneDNN's inner product: ``linear(a, b.T, bias)``."""
+    # The operands may have any strides, but the bias must be contiguous: oneDNN reads a strided
+    # or expanded (stride 0) bias as if it were contiguous (wrong values, NaN).
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
     out: torch.Tensor = torch.ops.mkldnn._linear_pointwise.default(a, b.t(), bias, "none", [], "")
     # The fake kernel promises a contiguous result (oneDNN's is, for dense operands).
     return out if out.is_contiguous() else out.contiguous()

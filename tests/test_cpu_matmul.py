@@ -55,6 +55,35 @@ def test_op_equals_the_product_for_every_layout(
     assert (fake.shape, fake.dtype, fake.stride()) == (got.shape, got.dtype, got.stride())
 
 
+_BIASES = {
+    "contiguous": lambda n, gen: torch.randn(n, generator=gen),
+    "strided": lambda n, gen: torch.randn(2 * n, generator=gen)[::2],
+    "expanded": lambda n, gen: torch.randn((), generator=gen).expand(n),
+}
+_OPERANDS = {
+    "row-major": lambda r, c, gen: torch.randn(r, c, generator=gen),
+    "column-major": lambda r, c, gen: torch.randn(c, r, generator=gen).t(),
+    "padded rows": lambda r, c, gen: torch.randn(r, c + 7, generator=gen)[:, :c],
+    "every other column": lambda r, c, gen: torch.randn(r, 2 * c, generator=gen)[:, ::2],
+    "expanded rows": lambda r, c, gen: torch.randn(1, c, generator=gen).expand(r, c),
+    "expanded columns": lambda r, c, gen: torch.randn(r, 1, generator=gen).expand(r, c),
+}
+
+
+@pytest.mark.parametrize("bias", sorted(_BIASES))
+@pytest.mark.parametrize("a_layout", sorted(_OPERANDS))
+@pytest.mark.parametrize("b_layout", ["row-major", "column-major", "expanded rows"])
+def test_op_on_any_strides(bias: str, a_layout: str, b_layout: str) -> None:
+    """Views with gaps, stride-0 (expanded) operands and biases: oneDNN alone reads a strided
+    or expanded bias wrongly (NaN), so the op makes the bias contiguous."""
+    gen = torch.Generator().manual_seed(4)
+    a = _OPERANDS[a_layout](60, 50, gen)
+    b = _OPERANDS[b_layout](50, 40, gen)
+    c = _BIASES[bias](40, gen)
+    want = a.double() @ b.double() + c.double()
+    torch.testing.assert_close(OP(a, b, c).double(), want, rtol=1e-5, atol=1e-4)
+
+
 def test_op_on_an_offset_view() -> None:
     gen = torch.Generator().manual_seed(1)
     big = torch.randn(400, 300, generator=gen)
@@ -125,21 +154,22 @@ def test_rewrite_replaces_the_eligible_products_and_keeps_the_values() -> None:
     m=st.integers(1, 300),
     k=st.integers(1, 300),
     n=st.integers(1, 300),
-    a_row_major=st.booleans(),
-    b_row_major=st.booleans(),
-    with_bias=st.booleans(),
+    a_layout=st.sampled_from(sorted(_OPERANDS)),
+    b_layout=st.sampled_from(sorted(_OPERANDS)),
+    bias=st.sampled_from([None, *sorted(_BIASES)]),
 )
 def test_the_rewrite_keeps_every_product(
-    m: int, k: int, n: int, a_row_major: bool, b_row_major: bool, with_bias: bool
+    m: int, k: int, n: int, a_layout: str, b_layout: str, bias: str | None
 ) -> None:
     """Law: the graph after the pass computes what it did before (a float64 product), and the
     pass rewrites exactly the eligible products."""
     gen = torch.Generator().manual_seed(m * 1_000_000 + k * 1000 + n)
-    a = _layout(m, k, a_row_major, gen)
-    b = _layout(k, n, b_row_major, gen)
+    a = _OPERANDS[a_layout](m, k, gen)
+    b = _OPERANDS[b_layout](k, n, gen)
     args: tuple[torch.Tensor, ...] = (a, b)
-    if with_bias:
-        args += (torch.randn(n, generator=gen),)
+    with_bias = bias is not None
+    if bias is not None:
+        args += (_BIASES[bias](n, gen),)
 
     def f(a: torch.Tensor, b: torch.Tensor, *bias: torch.Tensor) -> torch.Tensor:
         return torch.addmm(bias[0], a, b) if bias else torch.mm(a, b)
