@@ -24,20 +24,7 @@
 # - A compile counter wraps the backend: it counts dynamo's graph compilations (first ones and
 #   recompilations), which is what a test or a user wants to see stay constant in a loop.
 #
-# NOTE [donation]
-# JAX donates a buffer by letting an output reuse it. torch.compile can only write into its
-# inputs, so for a donated argument the trampoline copies each output leaf into a donated input
-# leaf of the same shape, dtype and device (first match in traversal order, each input used
-# once) and returns that input tensor as the output leaf. AOTAutograd turns the copy into an
-# input mutation at the end of the graph, and inductor then computes the result straight into
-# the input's storage: a train step's new parameters and optimizer state live where the old ones
-# were, and the step needs no more memory than an in-place torch.optim step. Consequences, which
-# the docstring states: a donated tensor that received an output *is* that output after the call
-# (same object, new values), and donated tensors that matched no output are left untouched.
-# Never overwritten: a donated tensor that some output is, or is a view of (the output must keep
-# its values); a tensor appearing twice among the donated leaves gets one output, not two; and
-# 0-d tensors (dynamo on torch 2.13 drops a copy into a 0-d input and returns the stale input,
-# a silently wrong result; their memory does not matter).
+# NOTE [donation] (donate_argnums) is in _jit_donate.py, next to the code.
 #
 # NOTE [transforms under jit]
 # funcgrad's transforms run unchanged inside jit with two differences while dynamo traces: the
@@ -50,8 +37,6 @@ from __future__ import annotations
 import functools
 import inspect
 import operator
-import re
-import sys
 import types
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -60,6 +45,8 @@ import optree
 import torch
 
 from . import _api_util
+from ._jit_donate import _donate
+from ._jit_errors import _compile_error, _dynamo_error, _name, _under_transform_error
 from .tree import NAMESPACE
 
 __all__ = ["Jitted", "Lowered", "jit"]
@@ -195,49 +182,6 @@ def _globals_for(fun: Callable[..., Any], default: dict[str, Any]) -> dict[str, 
 # globals. (Dynamo installs helper names in them and deletes those when the compiled code dies;
 # a doctest that clears its namespace first makes the deletions fail noisily, which is why the
 # test suite keeps doctest namespaces: see tests/conftest.py.)
-
-
-def _root(x: torch.Tensor) -> torch.Tensor:
-    return x if x._base is None else x._base
-
-
-def _donate(out: Any, donated_args: list[Any]) -> Any:
-    """Copies each output leaf into a matching donated tensor (NOTE [donation])."""
-    # Walked with tree_map, not flattened: dynamo's stand-in for optree cannot flatten a dict
-    # whose values are all Python constants (a MaskedNode per entry in a masked optimizer state,
-    # an empty dict) and fails tracing; its tree_map does not flatten. (It walks dicts in
-    # insertion order, optree in sorted order: which same-kind donated tensor an output lands
-    # in may differ, each still used once.)
-    everything: list[Any] = []
-    optree.tree_map(everything.append, donated_args, namespace=NAMESPACE)  # type: ignore[arg-type]
-    leaves: list[Any] = []
-    optree.tree_map(leaves.append, out, namespace=NAMESPACE, none_is_leaf=True)
-    # Dynamo runs this at trace time, interpreting every bytecode: the matching is linear in the
-    # number of leaves (sets of tensors, buckets by shape, dtype and device). A quadratic search
-    # took 400 s to trace an Adam step over 196 leaves (~590 donated tensors). Tensors go into
-    # sets as themselves (hashed by identity, which dynamo tracks without guards); id() would
-    # make dynamo guard on the objects' identities and recompile for every new tensor.
-    # A donated tensor that an output is, or is a view of, keeps its values: it is not reused.
-    kept = {_root(o) for o in leaves if isinstance(o, torch.Tensor)}
-    # 0-d tensors are not donated: dynamo (torch 2.13) drops a copy_ into a 0-d input and returns
-    # the input unchanged. Each tensor object is donated once, however often it appears.
-    seen: set[torch.Tensor] = set()
-    free: dict[Any, list[torch.Tensor]] = {}
-    for x in everything:
-        if isinstance(x, torch.Tensor) and x.dim() > 0 and x not in seen and _root(x) not in kept:
-            seen.add(x)
-            free.setdefault((tuple(x.shape), x.dtype, x.device), []).append(x)
-
-    def place(o: Any) -> Any:
-        if isinstance(o, torch.Tensor):
-            bucket = free.get((tuple(o.shape), o.dtype, o.device))
-            if bucket:
-                d = bucket.pop(0)  # the first donated tensor of that kind, in argument order
-                d.copy_(o)
-                return d
-        return o
-
-    return optree.tree_map(place, out, namespace=NAMESPACE, none_is_leaf=True)
 
 
 def _signature_names(fun: Callable[..., Any]) -> list[str] | None:
@@ -512,99 +456,12 @@ _grad_enabled: Callable[[], bool] = torch.is_grad_enabled
 _peek_interpreter_stack: Callable[[], Any] = torch._C._functorch.peek_interpreter_stack
 
 
-def _under_transform_error(fun: Callable[..., Any]) -> RuntimeError:
-    name = _name(fun)
-    return RuntimeError(
-        f"funcgrad.jit({name}): called inside an eager funcgrad/torch.func transform (grad, "
-        "vmap, jvp, jacrev, ...). torch.compile cannot compile a function under a transform "
-        "that runs eagerly (pytorch/pytorch#128711). Jit the outer function instead, e.g. "
-        f"fg.jit(fg.grad(loss)) where loss calls {name}, or call the plain function "
-        "(the jitted function's .fun) inside the transform."
-    )
-
-
 def _hashable(x: Any) -> bool:
     try:
         hash(x)
     except TypeError:
         return False
     return True
-
-
-def _name(fun: Any) -> str:
-    return getattr(fun, "__qualname__", None) or getattr(fun, "__name__", None) or repr(fun)
-
-
-_WHY = {
-    "Data-dependent branching": (
-        "Python control flow (if/while/and/or/bool()) on a tensor's value, or on .item() of it",
-        "express the branch with torch.where or funcgrad.lax.cond; if the value is a Python "
-        "setting, pass it as a static argument (static_argnums/static_argnames)",
-    ),
-    "Failed to trace builtin operator": (
-        "a Python builtin that torch.compile cannot trace (print, input, ...)",
-        "remove it from the jitted function, or return the value and use it outside",
-    ),
-}
-
-
-# torch._dynamo is imported lazily: importing it costs over a second, and by the time a compiled
-# function has raised, torch.compile has imported it.
-def _dynamo_error(e: BaseException, kind: str = "TorchDynamoException") -> bool:
-    """Whether ``e`` is torch.compile's ``kind`` of error (a torch._dynamo.exc class)."""
-    exc = sys.modules.get("torch._dynamo.exc")
-    return exc is not None and isinstance(e, getattr(exc, kind))
-
-
-_OBSERVED = re.compile(r"raised exception (?P<type>\w+)\((?P<q>['\"])(?P<msg>.*?)(?P=q)\)", re.S)
-
-
-def _compile_error(
-    fun: Callable[..., Any], e: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> BaseException:
-    """Turns a torch.compile failure into funcgrad's error (or the function's own error)."""
-    name = _name(fun)
-    gb_type = getattr(e, "gb_type", "")
-    if gb_type == "Observed exception" or _dynamo_error(e, "TorchRuntimeError"):
-        # The function raised while being traced: rerun it eagerly for its own error message.
-        try:
-            fun(*args, **kwargs)
-        except Exception as eager:
-            if hasattr(eager, "add_note"):
-                eager.add_note(f"(raised by {name} while funcgrad.jit traced it)")
-            return eager
-    text = str(e).strip()
-    where = _where(e)
-    if "Could not guard on data-dependent expression" in text:  # e.g. ``if x.item() > 0``
-        gb_type = "Data-dependent branching"
-    why, fix = _WHY.get(
-        gb_type,
-        (
-            (gb_type or type(e).__name__) + " (a torch.compile limitation, see below)",
-            "rewrite that line with tensor operations, move it out of the jitted function",
-        ),
-    )
-    raised = _OBSERVED.search(text) if gb_type == "Observed exception" else None
-    if raised:  # raised only while traced (eager mode ran fine): a traced-only code path
-        why = f"while torch.compile traced it, it raised {raised['type']}: {raised['msg'].rstrip('.')}"
-        fix = "see that message"
-    return RuntimeError(
-        f"funcgrad.jit({name}): torch.compile cannot compile {name} as one graph "
-        f"(fullgraph=True).\n  Where: {where}\n  Why: {why}.\n  Fix: {fix}; or pass "
-        "fullgraph=False to let torch.compile split the graph there (slower).\n"
-        f"torch.compile says:\n{text}"
-    )
-
-
-def _where(e: BaseException) -> str:
-    frame = getattr(e, "innermost_user_frame_summary", None)
-    if frame is None:
-        stack = getattr(e, "real_stack", None)
-        frame = stack[-1] if stack else None
-    if frame is None:
-        return "(unknown: see torch.compile's message below)"
-    line = (frame.line or "").strip()
-    return f'File "{frame.filename}", line {frame.lineno}, in {frame.name}: {line}'
 
 
 def jit(
