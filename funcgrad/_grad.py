@@ -8,6 +8,7 @@ from typing import Any
 
 import optree
 import torch.func
+from torch._C import _functorch
 
 from . import _api_util
 from ._typing import ArgNums
@@ -81,6 +82,76 @@ def grad(
     return _value_and_grad(fun, nums, single, has_aux, "grad", return_value=False)
 
 
+# NOTE [grad without torch's pytree]
+# torch.func.grad_and_value spends a large part of a small model's gradient in torch's Python
+# pytree: it wraps its arguments for a new grad level, marks them as requiring grad, flattens,
+# unflattens and unwraps arguments and results, each with tree_map/tree_flatten (~30 walks per
+# call; ~90 of ~325 us for a 64-128-128-10 MLP at batch 32, one thread). funcgrad already hands
+# it one flat tuple (NOTE [lean calls into torch.func]), so in eager mode it runs those steps
+# itself, on that tuple, with the functorch primitives torch.func is built from:
+# _grad_increment_nesting, _wrap_for_grad, requires_grad_ under
+# set_inplace_requires_grad_allowed, the function, torch.autograd.grad with create_graph=True,
+# zeros for unused inputs, _unwrap_for_grad, _grad_decrement_nesting (the steps of
+# torch._functorch.eager_transforms.grad_and_value_impl). The levels are torch's own, so nesting,
+# composition with vmap/jvp, and torch's refusal of writes into captured tensors are unchanged.
+# While dynamo traces (jit), torch.func.grad_and_value runs: dynamo handles it specially.
+_LEVEL_PRIMITIVES = all(
+    hasattr(_functorch, name)
+    for name in (
+        "_grad_increment_nesting",
+        "_grad_decrement_nesting",
+        "_wrap_for_grad",
+        "_unwrap_for_grad",
+        "get_inplace_requires_grad_allowed",
+        "set_inplace_requires_grad_allowed",
+    )
+)
+_HOOKS_MESSAGE = (
+    "funcgrad's grad and value_and_grad do not support saved tensor hooks (torch.func's grad "
+    "does not either): call the function outside the hooks' context."
+)
+
+
+def _grad_and_value(
+    flat_fun: Callable[[Any, _Call], Any], diff: Any, call: _Call, has_aux: bool
+) -> tuple[Any, Any]:
+    """``torch.func.grad_and_value(flat_fun, has_aux=has_aux)(diff, call)`` for a tensor or a
+    tuple of tensors ``diff``, in eager mode (NOTE [grad without torch's pytree])."""
+    bare = isinstance(diff, torch.Tensor)
+    with torch.autograd.graph.disable_saved_tensors_hooks(_HOOKS_MESSAGE):
+        level = _functorch._grad_increment_nesting()
+        try:
+            with torch.enable_grad():
+                inputs = [_functorch._wrap_for_grad(x, level) for x in ((diff,) if bare else diff)]
+                allowed = _functorch.get_inplace_requires_grad_allowed()
+                _functorch.set_inplace_requires_grad_allowed(True)
+                try:
+                    for x in inputs:
+                        x.requires_grad_()
+                finally:
+                    _functorch.set_inplace_requires_grad_allowed(allowed)
+                out = flat_fun(inputs[0] if bare else tuple(inputs), call)
+                aux: tuple[torch.Tensor, ...] = ()
+                if has_aux:
+                    out, aux = out
+                grads: Sequence[torch.Tensor | None] = (None,) * len(inputs)
+                if out.requires_grad:
+                    with torch._dynamo.compiled_autograd._disable():
+                        grads = torch.autograd.grad(
+                            out, inputs, create_graph=True, allow_unused=True
+                        )
+                unwrapped = [
+                    _functorch._unwrap_for_grad(torch.zeros_like(x) if g is None else g, level)
+                    for g, x in zip(grads, inputs)
+                ]
+                value: Any = _functorch._unwrap_for_grad(out, level)
+                if has_aux:
+                    value = (value, tuple(_functorch._unwrap_for_grad(a, level) for a in aux))
+        finally:
+            _functorch._grad_decrement_nesting()
+    return (unwrapped[0] if bare else tuple(unwrapped)), value
+
+
 class _Call:
     """Everything but the differentiated tensors, passed to torch.func as one opaque object."""
 
@@ -140,8 +211,12 @@ def _value_and_grad(
         _api_util.check_differentiable(name, leaves, args, positions, hint)
         call = _Call(args, kwargs, treedef, positions)
         call.bare = len(leaves) == 1
+        diff_leaves = leaves[0] if call.bare else tuple(leaves)
         try:
-            grads, value = torch_value_and_grad(leaves[0] if call.bare else tuple(leaves), call)
+            if _LEVEL_PRIMITIVES and not torch.compiler.is_compiling():
+                grads, value = _grad_and_value(flat_fun, diff_leaves, call, has_aux)
+            else:
+                grads, value = torch_value_and_grad(diff_leaves, call)
         except RuntimeError as e:
             refused = _api_util.in_place_error(name, e)
             if refused is not None:

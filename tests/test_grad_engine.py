@@ -1,0 +1,167 @@
+"""funcgrad's eager gradient engine (NOTE [grad without torch's pytree] in ``funcgrad/_grad.py``).
+
+In eager mode ``grad``/``value_and_grad`` run torch.func's steps themselves on a flat tuple. The
+law: every result is *bitwise* what ``torch.func.grad_and_value`` gives (the same operations in the
+same order), alone and composed with the other transforms; torch's level machinery still refuses
+writes into captured tensors, saved tensor hooks are refused as torch.func refuses them, and an
+error leaves no transform level behind. The numbers themselves are checked against JAX in
+``test_grad.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import funcgrad as fg
+from funcgrad import _api_util, _grad
+
+
+def _problem(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    params = {
+        "w1": torch.randn(5, 4, generator=g, dtype=torch.float64),
+        "b1": torch.randn(4, generator=g, dtype=torch.float64),
+        "w2": torch.randn(4, generator=g, dtype=torch.float64),
+        "unused": torch.randn(3, generator=g, dtype=torch.float64),
+    }
+    return params, torch.randn(7, 5, generator=g, dtype=torch.float64)
+
+
+def _loss(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    return (torch.tanh(x @ p["w1"] + p["b1"]) @ p["w2"]).square().mean()
+
+
+def _loss_aux(p: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    h = torch.tanh(x @ p["w1"] + p["b1"])
+    return (h @ p["w2"]).square().mean(), {"h": h, "n": 3, "tag": "aux"}
+
+
+def _equal(a: Any, b: Any) -> None:
+    la, ta = fg.tree.flatten(a)
+    lb, tb = fg.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb):
+        if isinstance(x, torch.Tensor):
+            assert isinstance(y, torch.Tensor)
+            assert x.requires_grad == y.requires_grad
+            assert torch.equal(x, y)
+        else:
+            assert x == y
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), argnums=st.sampled_from([0, 1, (0, 1), (1, 0)]))
+def test_value_and_grad_is_bitwise_torch_func(seed: int, argnums: Any) -> None:
+    """Single and tuple argnums, an unused leaf (zeros): the same bits as torch.func."""
+    p, x = _problem(seed)
+    got = fg.value_and_grad(_loss, argnums)(p, x)
+    value, grads = torch.func.grad_and_value(_loss, argnums)(p, x)[::-1]
+    _equal(got, (value, grads))
+    if argnums == 0:
+        assert torch.equal(got[1]["unused"], torch.zeros(3, dtype=torch.float64))
+
+
+def test_has_aux_is_bitwise_torch_func() -> None:
+    p, x = _problem(1)
+    (value, aux), grads = fg.value_and_grad(_loss_aux, has_aux=True)(p, x)
+
+    def tensors_only(p: Any, x: Any) -> Any:
+        out, aux = _loss_aux(p, x)
+        return out, aux["h"]
+
+    ref_grads, (ref_value, ref_h) = torch.func.grad_and_value(tensors_only, has_aux=True)(p, x)
+    _equal((value, aux["h"], grads), (ref_value, ref_h, ref_grads))
+    assert (aux["n"], aux["tag"]) == (3, "aux")
+
+
+def test_a_constant_output_has_zero_gradients() -> None:
+    x = torch.randn(3, dtype=torch.float64)
+    value, g = fg.value_and_grad(lambda x: torch.tensor(2.0, dtype=torch.float64))(x)
+    assert torch.equal(g, torch.zeros(3, dtype=torch.float64))
+    assert float(value) == 2.0
+
+
+def _sum_of(g: Any) -> Any:
+    return lambda x: g(x).sum()
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        pytest.param(lambda g: g, lambda g: g, id="grad"),
+        pytest.param(
+            lambda g: fg.grad(_sum_of(g)), lambda g: torch.func.grad(_sum_of(g)), id="grad(grad)"
+        ),
+        pytest.param(fg.vmap, torch.func.vmap, id="vmap(grad)"),
+        pytest.param(fg.jacfwd, torch.func.jacfwd, id="jacfwd(grad)"),
+        pytest.param(fg.jacrev, torch.func.jacrev, id="jacrev(grad)"),
+    ],
+)
+def test_composed_with_other_transforms_is_bitwise_torch_func(ours: Any, theirs: Any) -> None:
+    """The engine's levels nest with torch.func's as torch.func's own grad does."""
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return (torch.sin(x) * x.cos()).sum() ** 2
+
+    _equal(ours(fg.grad(f))(x), theirs(torch.func.grad(f))(x))
+
+
+def test_outer_autograd_sees_the_gradient() -> None:
+    """A gradient of an input that requires grad stays differentiable (a Hessian-vector product
+    through torch.autograd), as with torch.func."""
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return (torch.exp(x) * w).sum() ** 2
+
+    v = torch.randn(3, dtype=torch.float64)
+    got = torch.autograd.grad((fg.grad(f)(x) * v).sum(), (x, w))
+    ref = torch.autograd.grad((torch.func.grad(f)(x) * v).sum(), (x, w))
+    _equal(got, ref)
+
+
+def test_writing_into_a_captured_tensor_is_still_refused() -> None:
+    c = torch.ones(3, dtype=torch.float64)
+    x = torch.ones(3, dtype=torch.float64)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        c.add_(1)
+        return (x * c).sum()
+
+    with pytest.raises(RuntimeError, match=r"funcgrad\.grad: the function modified in place"):
+        fg.grad(f)(x)
+    assert torch.equal(c, torch.ones(3, dtype=torch.float64))
+
+
+def test_saved_tensor_hooks_are_refused() -> None:
+    x = torch.ones(3, dtype=torch.float64)
+    with (
+        torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t),
+        pytest.raises(RuntimeError, match=r"do not support saved tensor hooks"),
+    ):
+        fg.grad(lambda x: (x * x).sum())(x)
+
+
+def test_an_error_leaves_no_transform_level_behind() -> None:
+    def f(x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        fg.grad(f)(torch.ones(2))
+    assert not _api_util.in_transform()
+    assert torch.equal(fg.grad(lambda x: (x * x).sum())(torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_without_the_level_primitives_torch_func_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback (a torch without the primitives): torch.func.grad_and_value itself."""
+    p, x = _problem(3)
+    fast = fg.value_and_grad(_loss)(p, x)
+    monkeypatch.setattr(_grad, "_LEVEL_PRIMITIVES", False)
+    _equal(fg.value_and_grad(_loss)(p, x), fast)
