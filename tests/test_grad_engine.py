@@ -127,6 +127,75 @@ def test_outer_autograd_sees_the_gradient() -> None:
     _equal(got, ref)
 
 
+def test_a_captured_tensor_that_requires_grad_keeps_the_gradient_differentiable() -> None:
+    """Only a closed-over tensor is tracked by torch.autograd (the input is not): the backward
+    graph must still be built, as with torch.func."""
+    x = torch.randn(3, dtype=torch.float64)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return (torch.exp(x) * w).sum() ** 2
+
+    got = fg.grad(f)(x)
+    assert got.requires_grad
+    _equal(torch.autograd.grad(got.sum(), w), torch.autograd.grad(torch.func.grad(f)(x).sum(), w))
+
+
+def test_forward_mode_outside_sees_the_gradient() -> None:
+    """A dual tensor (torch.autograd.forward_ad) in: the gradient's tangent is the
+    Hessian-vector product, as with torch.func, though no backward graph is built."""
+    import torch.autograd.forward_ad as fwad
+
+    x = torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    v = torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return (torch.sin(x) * x).sum() ** 2
+
+    def tangent(grad: Any) -> Any:
+        with fwad.dual_level():
+            return fwad.unpack_dual(grad(f)(fwad.make_dual(x, v))).tangent
+
+    got, ref = tangent(fg.grad), tangent(torch.func.grad)
+    assert got is not None
+    _equal(got, ref)
+    hessian = torch.autograd.functional.hessian(f, x)
+    torch.testing.assert_close(got, hessian @ v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [("top level", False), ("input requires grad", True), ("captured requires grad", True),
+     ("under vmap", True), ("under grad", True)],
+)  # fmt: skip
+def test_the_backward_graph_is_built_only_when_it_can_be_used(
+    case: str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NOTE [grad without torch's pytree]: create_graph=True only where something outside can
+    differentiate the gradient."""
+    seen: list[bool] = []
+    real = torch.autograd.grad
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["create_graph"])
+        return real(*args, **kwargs)
+
+    w = torch.randn(3, dtype=torch.float64, requires_grad=case == "captured requires grad")
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=case == "input requires grad")
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return (torch.exp(x) * w).sum() ** 2
+
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    if case == "under vmap":
+        fg.vmap(fg.grad(f))(x)
+    elif case == "under grad":
+        torch.func.grad(lambda x: fg.grad(f)(x).sum())(x)
+    else:
+        fg.grad(f)(x)
+    assert seen[:1] == [expected]
+
+
 def test_writing_into_a_captured_tensor_is_still_refused() -> None:
     c = torch.ones(3, dtype=torch.float64)
     x = torch.ones(3, dtype=torch.float64)
