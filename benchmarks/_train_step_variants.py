@@ -124,8 +124,9 @@ def check_adam_step(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) 
     Adam's first step moves each parameter by ``lr * g / (|g| + eps)``: where a gradient is
     within rounding error of zero (a few elements in a million here), float32 summation order
     alone changes that element's move by up to ``lr``. So at most 0.1% of the elements of a
-    tensor may differ by more than ``1e-6 + 1e-4 * |p|``, and none by more than ``2 * lr``; a
-    real error (a wrong sign, scale, bias correction or a missing update) shows in every element.
+    tensor (at least two: one such element in a 512-element bias is 0.2%) may differ by more
+    than ``1e-6 + 1e-4 * |p|``, and none by more than ``2 * lr``; a real error (a wrong sign,
+    scale, bias correction or a missing update) shows in every element.
     """
     if sorted(got) != sorted(ref):
         raise AssertionError(f"parameter names differ: {sorted(got)} vs {sorted(ref)}")
@@ -134,10 +135,10 @@ def check_adam_step(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) 
         if a.shape != d.shape or not bool(torch.isfinite(a).all()):
             raise AssertionError(f"{k}: shape {tuple(a.shape)} vs {tuple(d.shape)} or not finite")
         err = (a - d.to(torch.float64)).abs()
-        bad = float((err > 1e-6 + 1e-4 * d.abs()).to(torch.float64).mean())
-        if bad > 1e-3 or float(err.max()) > 2 * LR:
+        n_bad = int((err > 1e-6 + 1e-4 * d.abs()).sum())
+        if n_bad > max(2, 1e-3 * d.numel()) or float(err.max()) > 2 * LR:
             raise AssertionError(
-                f"{k}: {bad:.2%} of the elements differ beyond float32 tolerance, "
+                f"{k}: {n_bad} of {d.numel()} elements differ beyond float32 tolerance, "
                 f"max abs error {float(err.max()):.3g} (lr {LR})"
             )
 
