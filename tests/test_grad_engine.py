@@ -10,6 +10,9 @@ error leaves no transform level behind. The numbers themselves are checked again
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import warnings
 from typing import Any
 
 import pytest
@@ -226,6 +229,45 @@ def test_an_error_leaves_no_transform_level_behind() -> None:
         fg.grad(f)(torch.ones(2))
     assert not _api_util.in_transform()
     assert torch.equal(fg.grad(lambda x: (x * x).sum())(torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_compiled_autograd_does_not_take_the_backward() -> None:
+    """With torch's compiled autograd on, the gradient's backward still runs eagerly (as in
+    torch.func): a plain backward goes to the compiler, funcgrad's does not."""
+    import torch._dynamo.compiled_autograd as compiled_autograd
+
+    graphs: list[Any] = []
+
+    def compiler(gm: Any) -> Any:
+        graphs.append(gm)
+        return gm
+
+    x = torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    f = lambda x: (torch.sin(x) * x).sum()  # noqa: E731
+    x_tracked = x.clone().requires_grad_()
+    with compiled_autograd._enable(compiler):
+        with warnings.catch_warnings():  # compiled autograd's own tracing reads a non-leaf .grad
+            warnings.simplefilter("ignore", UserWarning)
+            f(x_tracked).backward()  # on: a plain backward is compiled
+        assert len(graphs) == 1
+        got = fg.grad(f)(x)
+    assert len(graphs) == 1
+    _equal(got, torch.func.grad(f)(x))
+
+
+def test_the_first_gradient_does_not_import_dynamo() -> None:
+    """Eager gradients never need torch.compile: a program's first one costs milliseconds, not
+    the second it takes to import torch._dynamo."""
+    code = (
+        "import sys, torch, funcgrad as fg\n"
+        "g = fg.grad(lambda x: (x * x).sum())(torch.arange(3.0))\n"
+        "assert g.tolist() == [0.0, 2.0, 4.0], g\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False"
 
 
 def test_without_the_level_primitives_torch_func_runs(monkeypatch: pytest.MonkeyPatch) -> None:
