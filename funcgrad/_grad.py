@@ -120,8 +120,8 @@ _LEVEL_PRIMITIVES = all(
     )
 )
 _HOOKS_MESSAGE = (
-    "funcgrad's grad and value_and_grad do not support saved tensor hooks (torch.func's grad "
-    "does not either): call the function outside the hooks' context."
+    "funcgrad's reverse-mode transforms (grad, value_and_grad, vjp) do not support saved tensor "
+    "hooks (torch.func's do not either): call the function outside the hooks' context."
 )
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import optree
 import torch
 import torch.func
+from torch._C import _functorch
 
 from . import _api_util
+from ._grad import _HOOKS_MESSAGE, _LEVEL_PRIMITIVES, _compiled_autograd_off
 from .tree import NAMESPACE
 
 __all__ = ["jvp", "linearize", "vjp"]
@@ -122,6 +125,74 @@ def _check_tangents(
     )
 
 
+# NOTE [vjp without torch's pytree]
+# As for grad (NOTE [grad without torch's pytree] in _grad.py), eager vjp runs the steps of
+# torch.func.vjp (torch._functorch.eager_transforms._vjp_with_argnums) itself on funcgrad's flat
+# tuples, with functorch's level primitives: a grad level, the primals wrapped and marked as
+# requiring grad, the function, the outputs and aux unwrapped, the level closed. The returned
+# function runs torch.autograd.grad later on the level's wrapped tensors, exactly as torch.func's
+# does: retain_graph=True, create_graph=torch.is_grad_enabled() at call time, inference mode
+# lifted for the call, outputs that do not require grad left out, zeros for unused primals.
+# While dynamo traces (jit), torch.func.vjp runs.
+
+
+def _torch_vjp(
+    flat_fun: Callable[..., tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]],
+    leaves: Sequence[torch.Tensor],
+) -> tuple[tuple[torch.Tensor, ...], Callable[[tuple[torch.Tensor, ...]], Any], Any]:
+    """``torch.func.vjp(flat_fun, *leaves, has_aux=True)`` (NOTE [vjp without torch's pytree])."""
+    if not _LEVEL_PRIMITIVES or torch.compiler.is_compiling():
+        return torch.func.vjp(flat_fun, *leaves, has_aux=True)  # type: ignore[return-value]
+    with torch.autograd.graph.disable_saved_tensors_hooks(_HOOKS_MESSAGE):
+        level = _functorch._grad_increment_nesting()
+        try:
+            with torch.enable_grad():
+                primals = [_functorch._wrap_for_grad(x, level) for x in leaves]
+                allowed = _functorch.get_inplace_requires_grad_allowed()
+                _functorch.set_inplace_requires_grad_allowed(True)
+                try:
+                    for x in primals:
+                        x.requires_grad_()
+                finally:
+                    _functorch.set_inplace_requires_grad_allowed(allowed)
+                out, aux = flat_fun(*primals)
+                results = tuple(_functorch._unwrap_for_grad(o, level) for o in out)
+                aux = tuple(_functorch._unwrap_for_grad(a, level) for a in aux)
+        finally:
+            _functorch._grad_decrement_nesting()
+
+    def vjp_fn(cotangents: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        create_graph = torch.is_grad_enabled()
+        pairs = [(o, c) for o, c in zip(out, cotangents) if o.requires_grad]
+        if not pairs:
+            return tuple(torch.zeros_like(p) for p in primals)
+        with _inference_mode_off(), _compiled_autograd_off():
+            grads = torch.autograd.grad(
+                [o for o, _ in pairs],
+                primals,
+                [c for _, c in pairs],
+                retain_graph=True,
+                create_graph=create_graph,
+                allow_unused=True,
+            )
+        return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, primals))
+
+    return results, vjp_fn, aux
+
+
+@contextlib.contextmanager
+def _inference_mode_off() -> Iterator[None]:
+    """Lifts inference mode (vjp_fn may be called under it) without touching the grad modes."""
+    if not torch.is_inference_mode_enabled():
+        yield
+        return
+    grad, fw_grad = torch.is_grad_enabled(), torch._C._is_fwd_grad_enabled()
+    with torch.inference_mode(False):
+        torch._C._set_grad_enabled(grad)
+        torch._C._set_fwd_grad_enabled(fw_grad)
+        yield
+
+
 def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
     """Evaluates ``fun(*primals)`` and returns a function for its vector-Jacobian products.
 
@@ -148,7 +219,7 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
     box = _api_util.Box()
     flat_fun = _flat_fun(name, fun, treedef, has_aux, cell, box)
     with _api_util.pure_call(name, leaves, lambda: _primal_paths(primals)):
-        out, torch_vjp_fn, aux = torch.func.vjp(flat_fun, *leaves, has_aux=True)  # type: ignore[misc]
+        out, torch_vjp_fn, aux = _torch_vjp(flat_fun, leaves)
     out_def = cell[-1]
 
     def vjp_fn(cotangent: Any) -> tuple[Any, ...]:
@@ -193,10 +264,10 @@ def linearize(fun: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[...
     cell: list[Any] = []
     flat_fun = _flat_fun(name, fun, treedef, False, cell, _api_util.Box())
     with _api_util.pure_call(name, leaves, lambda: _primal_paths(primals)):
-        out, torch_vjp_fn, _ = torch.func.vjp(flat_fun, *leaves, has_aux=True)  # type: ignore[misc]
+        out, torch_vjp_fn, _ = _torch_vjp(flat_fun, leaves)
     out_def = cell[-1]
     zeros = tuple(torch.zeros_like(o) for o in out)
-    _, transposed = torch.func.vjp(lambda *u: torch_vjp_fn(u), *zeros)  # type: ignore[misc]
+    _, transposed, _ = _torch_vjp(lambda *u: (torch_vjp_fn(u), ()), zeros)
 
     def jvp_fn(*tangents: Any) -> Any:
         if len(tangents) != len(primals):
