@@ -41,8 +41,19 @@ def tiny_case() -> dict[str, dict[str, Callable[[], Any]]]:
             "torch.func": torch.func.grad_and_value(f),
         },
         "vmap": {"funcgrad": fg.vmap(f), "torch.func": torch.func.vmap(f)},
+        "vjp (+ one vjp_fn call)": {
+            "funcgrad": lambda x: fg.vjp(f, x)[1](ct),
+            "torch.func": lambda x: torch.func.vjp(f, x)[1](ct),
+        },
+        "jvp": {
+            "funcgrad": lambda x: fg.jvp(f, (x,), (t,)),
+            "torch.func": lambda x: torch.func.jvp(f, (x,), (t,)),
+        },
+        "jacrev": {"funcgrad": fg.jacrev(f), "torch.func": torch.func.jacrev(f)},
     }
-    args = {"grad": (x,), "value_and_grad": (x,), "vmap": (xs,)}
+    ct, t = torch.tensor(1.0), torch.ones(3)
+    args: dict[str, tuple[Any, ...]] = {name: (x,) for name in cases}
+    args["vmap"] = (xs,)
     jax_fns = _jax_tiny()
     out: dict[str, dict[str, Callable[[], Any]]] = {}
     for name, fns in cases.items():
@@ -93,11 +104,14 @@ def _jax_tiny() -> dict[str, Callable[[], Any]] | None:
     def f(x: Any) -> Any:
         return (x * x).sum()
 
-    g, vg, vm = jax.grad(f), jax.value_and_grad(f), jax.vmap(f)
+    g, vg, vm, jr = jax.grad(f), jax.value_and_grad(f), jax.vmap(f), jax.jacrev(f)
     return {
         "grad": lambda: g(x).block_until_ready(),
         "value_and_grad": lambda: vg(x)[1].block_until_ready(),
         "vmap": lambda: vm(xs).block_until_ready(),
+        "vjp (+ one vjp_fn call)": lambda: jax.vjp(f, x)[1](jnp.ones(()))[0].block_until_ready(),
+        "jvp": lambda: jax.block_until_ready(jax.jvp(f, (x,), (x,))),
+        "jacrev": lambda: jr(x).block_until_ready(),
     }
 
 
