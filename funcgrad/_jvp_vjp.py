@@ -8,6 +8,8 @@ from typing import Any
 
 import optree
 import torch
+import torch._functorch.eager_transforms as _eager_transforms
+import torch.autograd.forward_ad as fwad
 import torch.func
 from torch._C import _functorch
 
@@ -102,12 +104,54 @@ def jvp(
     box = _api_util.Box()
     flat_fun = _flat_fun(name, fun, treedef, has_aux, cell, box)
     with _api_util.pure_call(name, leaves, lambda: _primal_paths(primals)):
-        out, t_out, aux = torch.func.jvp(  # type: ignore[misc]
-            flat_fun, tuple(leaves), tuple(t_leaves), has_aux=True
-        )
+        out, t_out, aux = _torch_jvp(flat_fun, leaves, t_leaves)
     out_def = cell[-1]
     result = (out_def.unflatten(out), out_def.unflatten(t_out))
     return (*result, _api_util.unpack_aux(box, aux)) if has_aux else result
+
+
+# NOTE [jvp without torch's pytree]
+# Eager jvp likewise runs the steps of torch.func.jvp (eager_transforms._jvp_with_argnums) on
+# funcgrad's flat tuples: a jvp level entered and left through torch's own enter_jvp_nesting /
+# exit_jvp_nesting (they keep the module's JVP_NESTING count that torch.func.jvp reads, so the two
+# nest), forward-mode AD enabled, a dual level for the outermost jvp only, one dual per primal,
+# the function, each output unpacked (a tangent-less output gets zeros) and unwrapped, as is aux.
+# While dynamo traces (jit), or on a torch without those functions, torch.func.jvp runs.
+_JVP_PRIMITIVES = _LEVEL_PRIMITIVES and all(
+    hasattr(_eager_transforms, name)
+    for name in ("enter_jvp_nesting", "exit_jvp_nesting", "JVP_NESTING")
+)
+
+
+def _torch_jvp(
+    flat_fun: Callable[..., tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]],
+    leaves: Sequence[torch.Tensor],
+    t_leaves: Sequence[torch.Tensor],
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """``torch.func.jvp(flat_fun, leaves, t_leaves, has_aux=True)`` (NOTE [jvp without torch's
+    pytree])."""
+    if not _JVP_PRIMITIVES or torch.compiler.is_compiling():
+        return torch.func.jvp(  # type: ignore[return-value]
+            flat_fun, tuple(leaves), tuple(t_leaves), has_aux=True
+        )
+    level = _eager_transforms.enter_jvp_nesting()
+    try:
+        with fwad._set_fwd_grad_enabled(True):
+            outermost = _eager_transforms.JVP_NESTING == 1
+            with fwad.dual_level() if outermost else contextlib.nullcontext():
+                duals = [fwad.make_dual(p, t) for p, t in zip(leaves, t_leaves)]  # type: ignore[no-untyped-call]
+                out, aux = flat_fun(*duals)
+                primals_out, tangents_out = [], []
+                for dual in out:
+                    primal, tangent = fwad.unpack_dual(dual)  # type: ignore[no-untyped-call]
+                    if tangent is None:
+                        tangent = torch.zeros_like(primal)
+                    primals_out.append(_functorch._unwrap_for_grad(primal, level))
+                    tangents_out.append(_functorch._unwrap_for_grad(tangent, level))
+                aux = tuple(_functorch._unwrap_for_grad(a, level) for a in aux)
+    finally:
+        _eager_transforms.exit_jvp_nesting()
+    return tuple(primals_out), tuple(tangents_out), aux
 
 
 def _check_tangents(

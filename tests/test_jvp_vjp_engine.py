@@ -1,11 +1,12 @@
-"""funcgrad's eager vjp engine (NOTE [vjp without torch's pytree] in ``funcgrad/_jvp_vjp.py``).
+"""funcgrad's eager jvp and vjp engines (NOTE [jvp without torch's pytree] and NOTE [vjp
+without torch's pytree] in ``funcgrad/_jvp_vjp.py``).
 
-In eager mode ``vjp`` and ``linearize`` run torch.func.vjp's steps themselves on flat tuples.
-The law: every result is *bitwise* what ``torch.func.vjp`` gives (the same operations in the same
-order), alone and composed with the other transforms, whatever the grad and inference modes when
-``vjp_fn`` is called; saved tensor hooks are refused as torch.func refuses them, and an error
-leaves no transform level behind. The numbers themselves are checked against JAX in
-``test_jvp_vjp.py``.
+In eager mode ``jvp``, ``vjp`` and ``linearize`` run torch.func's steps themselves on flat
+tuples. The law: every result is *bitwise* what ``torch.func.jvp``/``torch.func.vjp`` give (the
+same operations in the same order), alone and composed with the other transforms (torch.func's
+included, nested either way), whatever the grad and inference modes when ``vjp_fn`` is called;
+saved tensor hooks are refused as torch.func refuses them, and an error leaves no transform
+level behind. The numbers themselves are checked against JAX in ``test_jvp_vjp.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcgrad as fg
-from funcgrad import _api_util, _grad
+from funcgrad import _api_util, _grad, _jvp_vjp
 
 
 def _equal(a: Any, b: Any) -> None:
@@ -159,8 +160,110 @@ def test_without_the_level_primitives_torch_func_runs(monkeypatch: pytest.Monkey
     out, fn = fg.vjp(_f, x, y, unused)
     fast = (out, fn(ct))
     monkeypatch.setattr(_grad, "_LEVEL_PRIMITIVES", False)
-    from funcgrad import _jvp_vjp
-
     monkeypatch.setattr(_jvp_vjp, "_LEVEL_PRIMITIVES", False)
     out, fn = fg.vjp(_f, x, y, unused)
     _equal((out, fn(ct)), fast)
+
+
+# --------------------------------------------------------------------------------------------
+# jvp
+# --------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_jvp_is_bitwise_torch_func(seed: int) -> None:
+    """Several primals and outputs, an output independent of the inputs (zero tangent)."""
+    x, y, unused = _data(seed)
+    tx, ty, tu = _data(seed + 1)
+    got = fg.jvp(_f, (x, y, unused), (tx, ty, tu))
+    ref = torch.func.jvp(_f, (x, y, unused), (tx, ty, tu))
+    _equal(got, ref)
+    assert torch.equal(got[1][2], torch.zeros(2, dtype=torch.float64))
+
+
+def test_jvp_has_aux_is_bitwise_torch_func() -> None:
+    x, y, _ = _data(9)
+
+    def f(x: torch.Tensor, y: torch.Tensor) -> Any:
+        h = torch.tanh(x * y)
+        return h.exp(), {"h": h, "tag": "aux"}
+
+    out, t_out, aux = fg.jvp(f, (x, y), (y, x), has_aux=True)
+    ref = torch.func.jvp(lambda x, y: (f(x, y)[0], f(x, y)[1]["h"]), (x, y), (y, x), has_aux=True)
+    _equal((out, t_out, aux["h"]), ref)
+    assert aux["tag"] == "aux"
+
+
+def _second_derivative(jvp: Any, inner: Any) -> Any:
+    def g(x: torch.Tensor) -> torch.Tensor:
+        return inner(lambda x: torch.sin(x) * x.exp(), (x,), (torch.ones_like(x),))[1]
+
+    return lambda x: jvp(g, (x,), (torch.ones_like(x),))[1]
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner"),
+    [
+        pytest.param(fg.jvp, fg.jvp, id="fg(fg)"),
+        pytest.param(torch.func.jvp, fg.jvp, id="torch.func(fg)"),
+        pytest.param(fg.jvp, torch.func.jvp, id="fg(torch.func)"),
+    ],
+)
+def test_nested_jvp_is_bitwise_torch_func(outer: Any, inner: Any) -> None:
+    """jvp of jvp, with either engine outside: the nesting count is torch's own."""
+    x = _data(10, 1)[0]
+    got = _second_derivative(outer, inner)(x)
+    _equal(got, _second_derivative(torch.func.jvp, torch.func.jvp)(x))
+    assert not _api_util.in_transform()
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        pytest.param(fg.vmap, torch.func.vmap, id="vmap(jvp)"),
+        pytest.param(fg.jacrev, torch.func.jacrev, id="jacrev(jvp)"),
+    ],
+)
+def test_jvp_composed_is_bitwise_torch_func(ours: Any, theirs: Any) -> None:
+    xs = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+
+    def tangent_of(jvp: Any) -> Any:
+        return lambda x: jvp(lambda x: torch.sin(x) * x, (x,), (torch.cos(x),))[1]
+
+    _equal(ours(tangent_of(fg.jvp))(xs), theirs(tangent_of(torch.func.jvp))(xs))
+
+
+def test_grad_of_jvp_is_bitwise_torch_func() -> None:
+    x = _data(12, 1)[0]
+
+    def loss(jvp: Any) -> Any:
+        return lambda x: jvp(lambda x: torch.exp(x) * x, (x,), (x.cos(),))[1].sum()
+
+    _equal(fg.grad(loss(fg.jvp))(x), torch.func.grad(loss(torch.func.jvp))(x))
+
+
+def test_a_jvp_error_leaves_no_level_behind() -> None:
+    from torch._functorch import eager_transforms
+
+    nesting = eager_transforms.JVP_NESTING
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        fg.jvp(f, (torch.ones(2),), (torch.ones(2),))
+    assert nesting == eager_transforms.JVP_NESTING
+    assert not _api_util.in_transform()
+    _equal(
+        fg.jvp(torch.sin, (torch.zeros(2),), (torch.ones(2),)),
+        (torch.zeros(2), torch.ones(2)),
+    )
+
+
+def test_jvp_without_the_primitives_torch_func_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y, unused = _data(13)
+    primals, tangents = (x, y, unused), tuple(_data(14))
+    fast = fg.jvp(_f, primals, tangents)
+    monkeypatch.setattr(_jvp_vjp, "_JVP_PRIMITIVES", False)
+    _equal(fg.jvp(_f, primals, tangents), fast)
