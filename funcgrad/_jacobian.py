@@ -11,6 +11,7 @@ import torch
 import torch.func
 
 from . import _api_util
+from ._jvp_vjp import _torch_vjp
 from ._typing import ArgNums
 from ._vmap import vmap
 from .tree import NAMESPACE
@@ -115,13 +116,47 @@ def _jacrev(
         box = _api_util.Box()
         leaves, treedef, flat_fun = _flat_problem(name, fun, nums, has_aux, args, kwargs, cell, box)
         with _api_util.pure_call(name, leaves, lambda: _arg_paths(args, nums)):
-            jac, aux = torch.func.jacrev(
-                flat_fun, argnums=tuple(range(len(leaves))), has_aux=True, chunk_size=chunk_size
-            )(*leaves)
+            if chunk_size is None and not torch.compiler.is_compiling():
+                jac, aux = _jacrev_eager(flat_fun, leaves)
+            else:
+                jac, aux = torch.func.jacrev(
+                    flat_fun, argnums=tuple(range(len(leaves))), has_aux=True, chunk_size=chunk_size
+                )(*leaves)
         result = _assemble(cell[-1], jac, treedef, single)
         return (result, _api_util.unpack_aux(box, aux)) if has_aux else result
 
     return jacrev_fun
+
+
+# NOTE [jacrev on funcgrad's vjp]
+# torch.func.jacrev spends most of a small Jacobian in torch's Python pytree (its vjp, its vmap
+# and the splitting of the result each walk the arguments several times). In eager mode without
+# chunking, jacrev is therefore built here from the same pieces on flat tuples: one vjp on
+# funcgrad's engine (NOTE [vjp without torch's pytree]), funcgrad's vmap of its vjp_fn over the
+# standard basis of the outputs (one one-hot cotangent per output element, as torch.func builds
+# it), and row blocks cut into d out_i / d in_j. Under jit, and with a chunk_size (torch.func
+# chunks, or loops for chunks of one), torch.func.jacrev runs. (Inputs and outputs are real floating
+# tensors here: funcgrad refuses others before.)
+
+
+def _jacrev_eager(
+    flat_fun: Callable[..., tuple[tuple[torch.Tensor, ...], Any]], leaves: Sequence[torch.Tensor]
+) -> tuple[list[list[torch.Tensor]], Any]:
+    """``torch.func.jacrev(flat_fun, argnums=all, has_aux=True)(*leaves)`` (NOTE [jacrev on
+    funcgrad's vjp]): ``blocks[i][j]`` is d out_i / d leaf_j."""
+    out, vjp_fn, aux = _torch_vjp(flat_fun, leaves)
+    total, basis = _standard_basis(out)
+    if total == 0:
+        rows: Sequence[torch.Tensor] = [x.new_zeros((0, *x.shape)) for x in leaves]
+    else:
+        rows = vmap(lambda *cotangents: vjp_fn(cotangents))(*basis)
+    blocks = []
+    offset = 0
+    for o in out:
+        n = o.numel()
+        blocks.append([r.narrow(0, offset, n).reshape((*o.shape, *r.shape[1:])) for r in rows])
+        offset += n
+    return blocks, aux
 
 
 def _standard_basis(leaves: Sequence[torch.Tensor]) -> tuple[int, list[torch.Tensor]]:

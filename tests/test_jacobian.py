@@ -546,3 +546,57 @@ def test_in_place_write_into_an_input_is_an_error(name: str, where: str) -> None
 
     with pytest.raises(RuntimeError, match=rf"funcgrad\.{name}: the function modified {where}"):
         getattr(fg, name)(f)(torch.ones(3, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# jacrev on funcgrad's vjp (NOTE [jacrev on funcgrad's vjp]): bitwise torch.func.jacrev
+# --------------------------------------------------------------------------------------------
+
+
+def _bitwise(a: Any, b: Any) -> None:
+    la, ta = fg.tree.flatten(a)
+    lb, tb = fg.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb):
+        assert x.dtype == y.dtype
+        assert x.shape == y.shape
+        assert torch.equal(x, y)
+
+
+def _several(x: torch.Tensor, y: torch.Tensor) -> Any:
+    return torch.sin(x) * y.sum(), (x[:, None] * y).exp(), (x * x).sum()
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), argnums=st.sampled_from([0, 1, (0, 1), (1, 0)]))
+def test_eager_jacrev_is_bitwise_torch_func(seed: int, argnums: Any) -> None:
+    """Several inputs and outputs (a vector, a matrix, a scalar), every argnums form."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, dtype=torch.float64, generator=g)
+    y = torch.randn(2, dtype=torch.float64, generator=g)
+    _bitwise(fg.jacrev(_several, argnums)(x, y), torch.func.jacrev(_several, argnums)(x, y))
+
+
+def test_eager_jacrev_edge_cases_are_bitwise_torch_func() -> None:
+    x = torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    # an output with no elements, and one of another dtype
+    f = lambda x: (x[:0] * 2, (x * x).float(), x.sin())  # noqa: E731
+    _bitwise(fg.jacrev(f)(x), torch.func.jacrev(f)(x))
+    # has_aux
+    h = lambda x: (x.exp(), x.sum())  # noqa: E731
+    _bitwise(fg.jacrev(h, has_aux=True)(x), torch.func.jacrev(h, has_aux=True)(x))
+    # composed: vmap of jacrev, jacrev of jacrev, hessian
+    xs = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    k = lambda x: torch.tanh(x) * x.sum()  # noqa: E731
+    _bitwise(fg.vmap(fg.jacrev(k))(xs), torch.func.vmap(torch.func.jacrev(k))(xs))
+    _bitwise(fg.jacrev(fg.jacrev(k))(x), torch.func.jacrev(torch.func.jacrev(k))(x))
+    s = lambda x: (torch.sin(x) * x).sum()  # noqa: E731
+    _bitwise(fg.hessian(s)(x), torch.func.hessian(s)(x))
+
+
+def test_chunked_jacrev_is_torch_funcs_and_equals_the_eager_one() -> None:
+    x = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    k = lambda x: torch.tanh(x) * x.sum()  # noqa: E731
+    for chunk in (1, 2):
+        _bitwise(fg.jacrev(k, chunk_size=chunk)(x), torch.func.jacrev(k, chunk_size=chunk)(x))
+    torch.testing.assert_close(fg.jacrev(k, chunk_size=2)(x), fg.jacrev(k)(x), rtol=0, atol=1e-15)
