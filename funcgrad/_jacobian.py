@@ -135,8 +135,8 @@ def _jacrev(
 # funcgrad's engine (NOTE [vjp without torch's pytree]), funcgrad's vmap of its vjp_fn over the
 # standard basis of the outputs (one one-hot cotangent per output element, as torch.func builds
 # it), and row blocks cut into d out_i / d in_j. Under jit, and with a chunk_size (torch.func
-# chunks, or loops for chunks of one), torch.func.jacrev runs. (Inputs and outputs are real floating
-# tensors here: funcgrad refuses others before.)
+# chunks, or loops for chunks of one), torch.func.jacrev runs. (Inputs and outputs are real
+# floating-point tensors here: funcgrad refuses others before.)
 
 
 def _jacrev_eager(
