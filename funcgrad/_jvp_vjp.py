@@ -122,6 +122,10 @@ _JVP_PRIMITIVES = _LEVEL_PRIMITIVES and all(
     for name in ("enter_jvp_nesting", "exit_jvp_nesting", "JVP_NESTING")
 )
 
+# torch's forward-AD helpers, typed (torch leaves them unannotated).
+_make_dual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = fwad.make_dual
+_unpack_dual: Callable[[torch.Tensor], Any] = fwad.unpack_dual
+
 
 def _torch_jvp(
     flat_fun: Callable[..., tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]],
@@ -139,11 +143,11 @@ def _torch_jvp(
         with fwad._set_fwd_grad_enabled(True):
             outermost = _eager_transforms.JVP_NESTING == 1
             with fwad.dual_level() if outermost else contextlib.nullcontext():
-                duals = [fwad.make_dual(p, t) for p, t in zip(leaves, t_leaves)]  # type: ignore[no-untyped-call]
+                duals = [_make_dual(p, t) for p, t in zip(leaves, t_leaves)]
                 out, aux = flat_fun(*duals)
                 primals_out, tangents_out = [], []
                 for dual in out:
-                    primal, tangent = fwad.unpack_dual(dual)  # type: ignore[no-untyped-call]
+                    primal, tangent = _unpack_dual(dual)
                     if tangent is None:
                         tangent = torch.zeros_like(primal)
                     primals_out.append(_functorch._unwrap_for_grad(primal, level))
