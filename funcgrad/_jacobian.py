@@ -11,7 +11,7 @@ import torch
 import torch.func
 
 from . import _api_util
-from ._jvp_vjp import _torch_vjp
+from ._jvp_vjp import _torch_jvp, _torch_vjp
 from ._typing import ArgNums
 from ._vmap import vmap
 from .tree import NAMESPACE
@@ -137,6 +137,8 @@ def _jacrev(
 # it), and row blocks cut into d out_i / d in_j. Under jit, and with a chunk_size (torch.func
 # chunks, or loops for chunks of one), torch.func.jacrev runs. (Inputs and outputs are real
 # floating-point tensors here: funcgrad refuses others before.)
+# jacfwd below is the mirror image: funcgrad's vmap of one jvp (on funcgrad's engine, NOTE [jvp
+# without torch's pytree]) over the standard basis of the inputs.
 
 
 def _jacrev_eager(
@@ -232,9 +234,7 @@ def _jacfwd(
         total, basis = _standard_basis(leaves)
 
         def push(*tangents: torch.Tensor) -> tuple[Any, Any]:
-            out, t_out, aux = torch.func.jvp(  # type: ignore[misc]
-                flat_fun, tuple(leaves), tangents, has_aux=True
-            )
+            out, t_out, aux = _torch_jvp(flat_fun, leaves, tangents)
             return t_out, (out, aux)
 
         if total == 0:

@@ -600,3 +600,13 @@ def test_chunked_jacrev_is_torch_funcs_and_equals_the_eager_one() -> None:
     for chunk in (1, 2):
         _bitwise(fg.jacrev(k, chunk_size=chunk)(x), torch.func.jacrev(k, chunk_size=chunk)(x))
     torch.testing.assert_close(fg.jacrev(k, chunk_size=2)(x), fg.jacrev(k)(x), rtol=0, atol=1e-15)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), argnums=st.sampled_from([0, 1, (0, 1), (1, 0)]))
+def test_eager_jacfwd_is_bitwise_torch_func(seed: int, argnums: Any) -> None:
+    """jacfwd's tangents go through funcgrad's jvp engine (NOTE [jvp without torch's pytree])."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, dtype=torch.float64, generator=g)
+    y = torch.randn(2, dtype=torch.float64, generator=g)
+    _bitwise(fg.jacfwd(_several, argnums)(x, y), torch.func.jacfwd(_several, argnums)(x, y))
