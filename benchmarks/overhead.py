@@ -50,6 +50,8 @@ def tiny_case() -> dict[str, dict[str, Callable[[], Any]]]:
             "torch.func": lambda x: torch.func.jvp(f, (x,), (t,)),
         },
         "jacrev": {"funcgrad": fg.jacrev(f), "torch.func": torch.func.jacrev(f)},
+        "jacfwd": {"funcgrad": fg.jacfwd(f), "torch.func": torch.func.jacfwd(f)},
+        "hessian": {"funcgrad": fg.hessian(f), "torch.func": torch.func.hessian(f)},
     }
     ct, t = torch.tensor(1.0), torch.ones(3)
     args: dict[str, tuple[Any, ...]] = {name: (x,) for name in cases}
@@ -104,7 +106,14 @@ def _jax_tiny() -> dict[str, Callable[[], Any]] | None:
     def f(x: Any) -> Any:
         return (x * x).sum()
 
-    g, vg, vm, jr = jax.grad(f), jax.value_and_grad(f), jax.vmap(f), jax.jacrev(f)
+    g, vg, vm, jr, jf, h = (
+        jax.grad(f),
+        jax.value_and_grad(f),
+        jax.vmap(f),
+        jax.jacrev(f),
+        jax.jacfwd(f),
+        jax.hessian(f),
+    )
     return {
         "grad": lambda: g(x).block_until_ready(),
         "value_and_grad": lambda: vg(x)[1].block_until_ready(),
@@ -112,6 +121,8 @@ def _jax_tiny() -> dict[str, Callable[[], Any]] | None:
         "vjp (+ one vjp_fn call)": lambda: jax.vjp(f, x)[1](jnp.ones(()))[0].block_until_ready(),
         "jvp": lambda: jax.block_until_ready(jax.jvp(f, (x,), (x,))),
         "jacrev": lambda: jr(x).block_until_ready(),
+        "jacfwd": lambda: jf(x).block_until_ready(),
+        "hessian": lambda: h(x).block_until_ready(),
     }
 
 
