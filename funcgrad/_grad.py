@@ -134,6 +134,27 @@ def _compiled_autograd_off() -> contextlib.AbstractContextManager[Any]:
     return torch._dynamo.compiled_autograd._disable()
 
 
+def _differentiable(leaves: Sequence[torch.Tensor], level: int) -> list[torch.Tensor]:
+    """``leaves`` wrapped for the grad ``level`` and marked as requiring grad (functorch's
+    ``_create_differentiable``), for the eager engines here and in _jvp_vjp.py."""
+    inputs = [_functorch._wrap_for_grad(x, level) for x in leaves]
+    allowed = _functorch.get_inplace_requires_grad_allowed()
+    _functorch.set_inplace_requires_grad_allowed(True)
+    try:
+        for x in inputs:
+            x.requires_grad_()
+    finally:
+        _functorch.set_inplace_requires_grad_allowed(allowed)
+    return inputs
+
+
+def _dense(
+    grads: Sequence[torch.Tensor | None], inputs: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``torch.autograd.grad(..., allow_unused=True)``'s result with zeros for unused inputs."""
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
 def _grad_and_value(
     flat_fun: Callable[[Any, _Call], Any], diff: Any, call: _Call, has_aux: bool
 ) -> tuple[Any, Any]:
@@ -145,14 +166,7 @@ def _grad_and_value(
         level = _functorch._grad_increment_nesting()
         try:
             with torch.enable_grad():
-                inputs = [_functorch._wrap_for_grad(x, level) for x in ((diff,) if bare else diff)]
-                allowed = _functorch.get_inplace_requires_grad_allowed()
-                _functorch.set_inplace_requires_grad_allowed(True)
-                try:
-                    for x in inputs:
-                        x.requires_grad_()
-                finally:
-                    _functorch.set_inplace_requires_grad_allowed(allowed)
+                inputs = _differentiable((diff,) if bare else diff, level)
                 out = flat_fun(inputs[0] if bare else tuple(inputs), call)
                 aux: tuple[torch.Tensor, ...] = ()
                 if has_aux:
@@ -167,10 +181,7 @@ def _grad_and_value(
                         grads = torch.autograd.grad(
                             out, inputs, create_graph=create_graph, allow_unused=True
                         )
-                unwrapped = [
-                    _functorch._unwrap_for_grad(torch.zeros_like(x) if g is None else g, level)
-                    for g, x in zip(grads, inputs)
-                ]
+                unwrapped = [_functorch._unwrap_for_grad(g, level) for g in _dense(grads, inputs)]
                 if has_aux:
                     value = (value, tuple(_functorch._unwrap_for_grad(a, level) for a in aux))
         finally:

@@ -162,7 +162,8 @@ def _jacrev_eager(
 
 
 def _standard_basis(leaves: Sequence[torch.Tensor]) -> tuple[int, list[torch.Tensor]]:
-    """One tangent per input element: leaf ``j``'s slice of an ``N x N`` identity, reshaped."""
+    """One basis vector per element of ``leaves`` (jacfwd: the inputs, jacrev: the outputs): leaf
+    ``j``'s slice of an ``N x N`` identity, reshaped."""
     total = sum(x.numel() for x in leaves)
     basis = []
     offset = 0

@@ -14,7 +14,13 @@ import torch.func
 from torch._C import _functorch
 
 from . import _api_util
-from ._grad import _HOOKS_MESSAGE, _LEVEL_PRIMITIVES, _compiled_autograd_off
+from ._grad import (
+    _HOOKS_MESSAGE,
+    _LEVEL_PRIMITIVES,
+    _compiled_autograd_off,
+    _dense,
+    _differentiable,
+)
 from .tree import NAMESPACE
 
 __all__ = ["jvp", "linearize", "vjp"]
@@ -195,14 +201,7 @@ def _torch_vjp(
         level = _functorch._grad_increment_nesting()
         try:
             with torch.enable_grad():
-                primals = [_functorch._wrap_for_grad(x, level) for x in leaves]
-                allowed = _functorch.get_inplace_requires_grad_allowed()
-                _functorch.set_inplace_requires_grad_allowed(True)
-                try:
-                    for x in primals:
-                        x.requires_grad_()
-                finally:
-                    _functorch.set_inplace_requires_grad_allowed(allowed)
+                primals = _differentiable(leaves, level)
                 out, aux = flat_fun(*primals)
                 results = tuple(_functorch._unwrap_for_grad(o, level) for o in out)
                 aux = tuple(_functorch._unwrap_for_grad(a, level) for a in aux)
@@ -223,7 +222,7 @@ def _torch_vjp(
                 create_graph=create_graph,
                 allow_unused=True,
             )
-        return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, primals))
+        return tuple(_dense(grads, primals))
 
     return results, vjp_fn, aux
 
