@@ -24,6 +24,10 @@
 # - A compile counter wraps the backend: it counts dynamo's graph compilations (first ones and
 #   recompilations), which is what a test or a user wants to see stay constant in a loop.
 #
+# - Calls whose arguments are plain containers of tensors that do not require grad (and plain
+#   non-tensor leaves) first try a cheaper, stricter signature that maps straight to the entry
+#   the full key found: NOTE [jit's fast key], in _jit_key.py.
+#
 # NOTE [donation] (donate_argnums) is in _jit_donate.py, next to the code.
 #
 # NOTE [transforms under jit]
@@ -47,6 +51,7 @@ import torch
 from . import _api_util
 from ._jit_donate import _donate
 from ._jit_errors import _compile_error, _dynamo_error, _name, _under_transform_error
+from ._jit_key import fast_signature
 from .tree import NAMESPACE
 
 __all__ = ["Jitted", "Lowered", "jit"]
@@ -282,6 +287,7 @@ class Jitted:
                 "only tensor arguments can be donated."
             )
         self._cache: dict[Any, _Entry] = {}
+        self._fast: dict[Any, _Entry] = {}  # NOTE [jit's fast key]
         self._compile_ids: set[Any] = set()
         functools.update_wrapper(self, fun, updated=())  # not fun.__dict__: keep ours
 
@@ -302,6 +308,7 @@ class Jitted:
         0
         """
         self._cache.clear()
+        self._fast.clear()
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
@@ -314,6 +321,13 @@ class Jitted:
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[Any, tuple[Any, ...], dict[str, Any], tuple[Any, ...], tuple[Any, ...]]:
         """Returns ``(key, dynamic args, dynamic kwargs, static positional, static keyword)``."""
+        args, kwargs, static_pos, static_kw = self._statics(args, kwargs)
+        return self._key(args, kwargs, static_pos, static_kw), args, kwargs, static_pos, static_kw
+
+    def _statics(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...], tuple[Any, ...]]:
+        """Returns ``(dynamic args, dynamic kwargs, static positional, static keyword)``."""
         static_pos: tuple[Any, ...] = ()
         static_kw: tuple[Any, ...] = ()
         if self._static_nums:
@@ -325,11 +339,20 @@ class Jitted:
             static_kw = tuple(sorted((k, v) for k, v in kwargs.items() if k in self._static_names))
             if static_kw:
                 kwargs = {k: v for k, v in kwargs.items() if k not in self._static_names}
+        return args, kwargs, static_pos, static_kw
+
+    @staticmethod
+    def _key(
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        static_pos: tuple[Any, ...],
+        static_kw: tuple[Any, ...],
+    ) -> Any:
+        """The full cache key (NOTE [jit's cache])."""
         leaves: list[Any]
         leaves, treedef = optree.tree_flatten((args, kwargs), namespace=NAMESPACE)  # type: ignore[arg-type]
         # requires_grad and grad mode are in the key so that donation is checked once per entry.
-        key = (treedef, _leaves_key(leaves), static_pos, static_kw, _grad_enabled())
-        return key, args, kwargs, static_pos, static_kw
+        return (treedef, _leaves_key(leaves), static_pos, static_kw, _grad_enabled())
 
     def _unhashable(
         self,
@@ -407,16 +430,29 @@ class Jitted:
             return self.fun(*args, **kwargs)
         if _peek_interpreter_stack() is not None:
             raise _under_transform_error(self.fun)
-        key, dyn_args, dyn_kwargs, static_pos, static_kw = self._split(args, kwargs)
-        try:
-            entry = self._cache.get(key)
-        except TypeError:
-            self._unhashable(dyn_args, dyn_kwargs, static_pos, static_kw)
-            raise
+        dyn_args, dyn_kwargs, static_pos, static_kw = self._statics(args, kwargs)
+        entry = None
+        fast_key = None
+        signature = fast_signature((dyn_args, dyn_kwargs))  # NOTE [jit's fast key]
+        if signature is not None:
+            fast_key = (signature, static_pos, static_kw, _grad_enabled())
+            try:
+                entry = self._fast.get(fast_key)
+            except TypeError:  # an unhashable static value: the full key's path explains
+                fast_key = None
         if entry is None:
-            if self._donate_nums:
-                self._check_donated(args)
-            entry = self._entry(key, static_pos, static_kw, len(dyn_args))
+            key = self._key(dyn_args, dyn_kwargs, static_pos, static_kw)
+            try:
+                entry = self._cache.get(key)
+            except TypeError:
+                self._unhashable(dyn_args, dyn_kwargs, static_pos, static_kw)
+                raise
+            if entry is None:
+                if self._donate_nums:
+                    self._check_donated(args)
+                entry = self._entry(key, static_pos, static_kw, len(dyn_args))
+            if fast_key is not None:
+                self._fast[fast_key] = entry
         try:
             return entry.fn(dyn_args, dyn_kwargs)
         except Exception as e:
