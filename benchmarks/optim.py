@@ -13,7 +13,11 @@ final layer norm. Gradients are random and set once. Timed, interleaved round by
   ``apply_updates``, with the parameters and optimizer state donated (the outputs are written
   into them, as torch.optim's in-place step does) and without donation, against
   ``torch.compile``'d ``opt.step()``. Compile time (the
-  first call) is reported separately from the steady-state step time.
+  first call) is reported separately from the steady-state step time;
+- the memory floor: a compiled step that reads and writes the same bytes as an Adam step (the
+  parameters, the gradients and both moments read, the parameters and moments written in
+  place) with a multiply-add for arithmetic. A fused step that takes about as long is bound by
+  memory bandwidth: no implementation of the same update can be much faster there.
 
 Targets (issue 4): eager funcgrad <= 1.15x torch foreach; compiled funcgrad <= 1.0x the best
 torch variant. Before timing, one step of each variant is checked against torch.optim.Adam.
@@ -51,6 +55,7 @@ import funcgrad as fg
 from funcgrad import optim
 
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-8
+_FLOOR = "memory floor: torch.compile'd step with Adam's reads and writes, no Adam arithmetic"
 
 
 def _minor_faults() -> int:
@@ -203,6 +208,41 @@ class TorchStep:
         return [p.detach() for p in self.params]
 
 
+def _adam_traffic(
+    params: list[torch.Tensor],
+    mu: list[torch.Tensor],
+    nu: list[torch.Tensor],
+    grads: list[torch.Tensor],
+) -> None:
+    """Per leaf, reads the parameter, gradient and both moments and writes the parameter and
+    both moments in place, as an Adam step does, with a multiply-add where Adam has its
+    arithmetic (no square root, no division)."""
+    for p, m, v, g in zip(params, mu, nu, grads):
+        new_m = m * B1 + g
+        new_v = v * B2 + g * g
+        new_p = p - LR * new_m * new_v
+        m.copy_(new_m)
+        v.copy_(new_v)
+        p.copy_(new_p)
+
+
+class MemoryFloor:
+    """``torch.compile`` of :func:`_adam_traffic` on copies of the model: what any Adam step
+    costs at least on this device (the same bytes read and written, next to no arithmetic).
+    When torch's fused step takes about as long, the step is bound by memory bandwidth and no
+    implementation of the same update can be much faster. Not an Adam step: not checked."""
+
+    def __init__(self, params: list[torch.Tensor], grads: list[torch.Tensor]):
+        self.params = [p.clone() for p in params]
+        self.mu = [torch.zeros_like(p) for p in params]
+        self.nu = [torch.zeros_like(p) for p in params]
+        self.grads = grads
+        self.fn = torch.compile(_adam_traffic, backend="inductor")
+
+    def __call__(self) -> None:
+        self.fn(self.params, self.mu, self.nu, self.grads)
+
+
 def check_one_step(
     steps: dict[str, Any], start: list[torch.Tensor], grads: list[torch.Tensor]
 ) -> dict[str, float]:
@@ -316,8 +356,17 @@ def run(opts: argparse.Namespace) -> None:
             "fg.jit(update + apply_updates), not donated": FuncgradStep(start, grads, "jit"),
             "torch.compile(Adam(foreach=True).step())": TorchStep(start, grads, True, foreach=True),
         }
+    floor: dict[str, Any] = {}
+    if not opts.no_compile:
+        floor = {_FLOOR: MemoryFloor(start, grads)}
     first = check_one_step({**eager, **compiled}, start, grads)
-    timings = compare({**eager, **compiled}, rounds)
+    for name, step in floor.items():  # compiled, timed, not an Adam step: not checked
+        _sync()
+        t0 = time.perf_counter()
+        step()
+        _sync()
+        first[name] = time.perf_counter() - t0
+    timings = compare({**eager, **compiled, **floor}, rounds)
     med = {name: t for name, (t, _) in timings.items()}
 
     where = _cpu_name()
@@ -356,6 +405,8 @@ def run(opts: argparse.Namespace) -> None:
         rows.append((f"jitted funcgrad, donated / best torch ({best_name})", fg_jit / best, 1.0))
         rows.append(("jitted funcgrad, donated / compiled torch step", fg_jit / torch_jit, None))
         rows.append(("jitted funcgrad, not donated / best torch", fg_jit_plain / best, None))
+        rows.append(("memory floor / torch fused", med[_FLOOR] / fused, None))
+        rows.append(("jitted funcgrad, donated / memory floor", fg_jit / med[_FLOOR], None))
     for label, ratio, target in rows:
         flag = "" if target is None or ratio <= target else " (over)"
         target_text = f"<= {target:.2f}" if target is not None else "—"
