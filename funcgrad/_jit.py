@@ -288,6 +288,7 @@ class Jitted:
             )
         self._cache: dict[Any, _Entry] = {}
         self._fast: dict[Any, _Entry] = {}  # NOTE [jit's fast key]
+        self._fast_pays = True  # until a call shows the walk costs more than it saves
         self._compile_ids: set[Any] = set()
         functools.update_wrapper(self, fun, updated=())  # not fun.__dict__: keep ours
 
@@ -309,6 +310,7 @@ class Jitted:
         """
         self._cache.clear()
         self._fast.clear()
+        self._fast_pays = True
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
@@ -322,7 +324,8 @@ class Jitted:
     ) -> tuple[Any, tuple[Any, ...], dict[str, Any], tuple[Any, ...], tuple[Any, ...]]:
         """Returns ``(key, dynamic args, dynamic kwargs, static positional, static keyword)``."""
         args, kwargs, static_pos, static_kw = self._statics(args, kwargs)
-        return self._key(args, kwargs, static_pos, static_kw), args, kwargs, static_pos, static_kw
+        key = self._key(args, kwargs, static_pos, static_kw)[0]
+        return key, args, kwargs, static_pos, static_kw
 
     def _statics(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -347,12 +350,13 @@ class Jitted:
         kwargs: dict[str, Any],
         static_pos: tuple[Any, ...],
         static_kw: tuple[Any, ...],
-    ) -> Any:
-        """The full cache key (NOTE [jit's cache])."""
+    ) -> tuple[Any, int]:
+        """The full cache key (NOTE [jit's cache]) and the number of leaves."""
         leaves: list[Any]
         leaves, treedef = optree.tree_flatten((args, kwargs), namespace=NAMESPACE)  # type: ignore[arg-type]
         # requires_grad and grad mode are in the key so that donation is checked once per entry.
-        return (treedef, _leaves_key(leaves), static_pos, static_kw, _grad_enabled())
+        key = (treedef, _leaves_key(leaves), static_pos, static_kw, _grad_enabled())
+        return key, len(leaves)
 
     def _unhashable(
         self,
@@ -433,15 +437,20 @@ class Jitted:
         dyn_args, dyn_kwargs, static_pos, static_kw = self._statics(args, kwargs)
         entry = None
         fast_key = None
-        signature = fast_signature((dyn_args, dyn_kwargs))  # NOTE [jit's fast key]
-        if signature is not None:
-            fast_key = (signature, static_pos, static_kw, _grad_enabled())
-            try:
-                entry = self._fast.get(fast_key)
-            except TypeError:  # an unhashable static value: the full key's path explains
-                fast_key = None
+        visited = 0
+        if self._fast_pays:  # NOTE [jit's fast key]
+            signature, visited = fast_signature((dyn_args, dyn_kwargs))
+            if signature is not None:
+                fast_key = (signature, static_pos, static_kw, _grad_enabled())
+                try:
+                    entry = self._fast.get(fast_key)
+                except TypeError:  # an unhashable static value: the full key's path explains
+                    fast_key = None
         if entry is None:
-            key = self._key(dyn_args, dyn_kwargs, static_pos, static_kw)
+            key, n_leaves = self._key(dyn_args, dyn_kwargs, static_pos, static_kw)
+            if self._fast_pays and (fast_key is None or visited > _FAST_NODES_PER_LEAF * n_leaves):
+                self._fast_pays = False  # not plain, or nodes walked one by one: the full key
+                fast_key = None
             try:
                 entry = self._cache.get(key)
             except TypeError:
@@ -487,6 +496,10 @@ class Jitted:
 
 
 _grad_enabled: Callable[[], bool] = torch.is_grad_enabled
+
+# The fast signature pays where its walk visits at most this many nodes per leaf: containers of
+# many tensors, checked as one (NOTE [jit's fast key]).
+_FAST_NODES_PER_LEAF = 0.5
 
 #: Whether a torch.func transform (grad, vmap, jvp, ...) is active, in eager mode.
 _peek_interpreter_stack: Callable[[], Any] = torch._C._functorch.peek_interpreter_stack

@@ -12,7 +12,7 @@ from typing import Any
 import optree
 import torch
 
-from .tree import NAMESPACE
+from .tree import _DATACLASSES, NAMESPACE
 
 __all__: list[str] = []
 
@@ -21,32 +21,41 @@ __all__: list[str] = []
 # leaf's type and requires_grad flag, ~0.25 us a leaf. An Adam step over a transformer's 196
 # parameters has ~790 tensor arguments: the key took ~0.2 ms of each call with warm caches and
 # ~0.4 ms right after the step's kernels had streamed ~700 MB through them (2-core CPU), 3-4% of
-# a step that torch's fused Adam does in about the same time. Most calls repeat a signature of
-# plain containers and tensors that do not require grad, so a second dict maps a cheaper
-# signature straight to the entry the full key found for it:
+# a step that torch's fused Adam does in about the same time. Such calls repeat a signature of
+# plain containers holding many tensors that do not require grad, so a second dict maps a
+# cheaper signature straight to the entry the full key found for it:
 #
-# - the walk enters exact lists, tuples and dicts, None, and namedtuples that optree flattens as
-#   namedtuples in funcgrad's namespace; a list or tuple of plain tensors (type exactly
-#   torch.Tensor) is one C-level type check for the whole container, and its requires_grad
-#   flags one C call (torch._C._any_requires_grad);
+# - the walk enters exact lists, tuples and dicts, None, namedtuples that optree flattens as
+#   namedtuples in funcgrad's namespace, and dataclasses registered with
+#   funcgrad.tree.register_dataclass (their meta fields enter the signature as they are, as
+#   they enter the tree structure). A node whose children are all plain tensors (type exactly
+#   torch.Tensor) is one C-level type check for all of them, and their requires_grad flags one
+#   C call (torch._C._any_requires_grad) at the end;
 # - int, bool, str and float leaves enter with their type and value (floats by their bits), as
 #   in the full key;
-# - anything else (a Parameter or another tensor subclass, a registered node such as a
-#   dataclass, an OrderedDict, a tensor that requires grad, ...) gives up: that call takes the
-#   full key, as every call did before.
+# - anything else (a Parameter or another tensor subclass, another registered node, an
+#   OrderedDict, a tensor that requires grad, ...) gives up: the full key.
 #
 # The fast signature is stricter than the full key: equal fast signatures mean the same
 # containers in the same order (dict keys with their types, in insertion order where optree
 # sorts them), the same non-tensor leaves and all tensors plain and not requiring grad, so equal
 # full keys. A fast signature is stored only after the full key found or made its entry, and
 # only the full path makes entries: donation checks, compile counts and cache sizes are as
-# before. The Adam step's key went from 185 to 41 us (warm caches), and its jitted call from
-# 1.036x to 0.991x torch's fused step in one interleaved run (benchmarks/RESULTS.md, seventh
-# session).
+# before.
+#
+# The walk is Python: it pays only where it visits few nodes for many tensors. A node visited
+# one by one costs ~1 us against optree's ~0.3 (a small funcgrad.nn model's step: 35 against
+# 24 us). So each jitted function walks until a call takes the full key and finds the walk gave
+# up or visited more than half a node per leaf; from then on (until clear_cache) it takes the
+# full key alone, as every call did before. Measured (2-core CPU, ~790 tensors in lists or
+# dicts): the key 193 -> 48 us (lists) and 229 -> 72 us (dicts) with warm caches; the jitted
+# Adam step over 4-float leaves 417 -> 271 us a call, and on the 24.8M-parameter model 1.006x
+# -> 0.980x torch's fused step (benchmarks/RESULTS.md, seventh session).
 
 _Tensor = torch.Tensor
 _PLAIN = {torch.Tensor}
 _NONE = object()  # None's part of a signature
+_TENSOR = object()  # a plain tensor's
 _requires_grad = operator.attrgetter("requires_grad")
 _any_requires_grad: Callable[[list[Any]], bool] = getattr(
     torch._C, "_any_requires_grad", lambda xs: any(map(_requires_grad, xs))
@@ -59,36 +68,53 @@ class _GiveUp(Exception):
     """Raised inside the walk: this tree needs the full key."""
 
 
-def fast_signature(tree: Any) -> Any:
-    """The fast signature of ``tree`` (NOTE [jit's fast key]), or None where it does not apply."""
-    tensor_lists: list[Any] = []
+def fast_signature(tree: Any) -> tuple[Any, int]:
+    """The fast signature of ``tree`` (NOTE [jit's fast key]), or None where it does not apply,
+    and how many nodes the walk visited one by one (what it cost)."""
+    tensors: list[Any] = []  # lists of plain tensors, their requires_grad read at the end
+    singles: list[Any] = []  # plain tensors met one by one
+    visited = [0]
     try:
-        signature = _walk(tree, tensor_lists)
+        signature = _walk(tree, tensors, singles, visited)
     except _GiveUp:
-        return None
-    for xs in tensor_lists:
+        return None, visited[0]
+    if singles:
+        tensors.append(singles)
+    for xs in tensors:
         if _any_requires_grad(xs):
-            return None
-    return signature
+            return None, visited[0]
+    return signature, visited[0]
 
 
-def _walk(x: Any, tensor_lists: list[Any]) -> Any:
+def _children(values: list[Any], tensors: list[Any], singles: list[Any], visited: list[int]) -> Any:
+    """A node's children: their count when all are plain tensors (one C-level type check for
+    the lot, and their list kept for the requires_grad check), else each one's signature."""
+    if values and set(map(type, values)) == _PLAIN:
+        tensors.append(values)
+        return len(values)
+    return tuple([_walk(v, tensors, singles, visited) for v in values])
+
+
+def _walk(x: Any, tensors: list[Any], singles: list[Any], visited: list[int]) -> Any:
+    visited[0] += 1
     t = type(x)
     if t is _Tensor:
-        tensor_lists.append([x])
-        return 0
-    if t is list or t is tuple:
-        if x and set(map(type, x)) == _PLAIN:  # all plain tensors: one check for the lot
-            tensor_lists.append(x if t is list else list(x))  # (the C call reads lists only)
-            return (t, len(x))
-        return (t, tuple([_walk(y, tensor_lists) for y in x]))
+        singles.append(x)
+        return _TENSOR
+    if t is list:
+        return (list, _children(x, tensors, singles, visited))
+    if t is tuple:
+        return (
+            tuple,
+            _children(list(x), tensors, singles, visited),
+        )  # (the C call reads lists only)
     if t is dict:
         keys = tuple(x)
         return (
             dict,
             keys,
             tuple(map(type, keys)),
-            tuple([_walk(y, tensor_lists) for y in x.values()]),
+            _children(list(x.values()), tensors, singles, visited),
         )
     if x is None:
         return _NONE
@@ -96,8 +122,16 @@ def _walk(x: Any, tensor_lists: list[Any]) -> Any:
         return (t, x)
     if t is float:  # nan != nan, and -0.0 == 0.0: compare the bits
         return (t, x.hex())
-    if issubclass(t, tuple):
-        entry = _registered(t, namespace=NAMESPACE)
-        if entry is not None and entry.kind == _NAMEDTUPLE:
-            return (t, tuple([_walk(y, tensor_lists) for y in x]))
+    entry = _registered(t, namespace=NAMESPACE)
+    if entry is not None:
+        if entry.kind == _NAMEDTUPLE and issubclass(t, tuple):
+            return (t, _children(list(x), tensors, singles, visited))
+        dataclass = _DATACLASSES.get(t)
+        if dataclass is not None and entry.flatten_func is dataclass[0]:  # still registered so
+            _, data, meta = dataclass
+            return (
+                t,
+                tuple([getattr(x, name) for name in meta]),  # the treedef's metadata, as it is
+                _children([getattr(x, name) for name in data], tensors, singles, visited),
+            )
     raise _GiveUp

@@ -383,7 +383,13 @@ def register_dataclass(
         path_entry_type=optree.GetAttrEntry,
         namespace=NAMESPACE,
     )
+    _DATACLASSES[cls] = (flatten_fn, data, meta)
     return cls
+
+
+# Dataclasses registered above: (their flatten function, data fields, meta fields), read by
+# jit's fast signature (NOTE [jit's fast key], funcgrad/_jit_key.py).
+_DATACLASSES: dict[type, tuple[Callable[[Any], Any], tuple[str, ...], tuple[str, ...]]] = {}
 
 
 # --------------------------------------------------------------------------------------------

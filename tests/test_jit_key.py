@@ -47,7 +47,13 @@ with warnings.catch_warnings():  # optree warns that this overrides namedtuple h
 
 @fg.tree.register_dataclass
 @dataclasses.dataclass
-class Box:
+class Box:  # a registered dataclass: a plain node (funcgrad.nn's layers are such)
+    x: Any
+    tag: Any = dataclasses.field(default="a", metadata={"static": True})
+
+
+@dataclasses.dataclass
+class Unregistered:  # a leaf to optree, not a tensor: the full key
     x: Any
 
 
@@ -118,9 +124,15 @@ def _node(children: st.SearchStrategy[tuple[Any, bool]]) -> st.SearchStrategy[tu
             return Custom(values[0] if values else None, values[1:]), False
         if kind == "ordered":
             return collections.OrderedDict(enumerate(values)), False
-        return Box(values), False
+        if kind == "box":
+            return Box(values), plain
+        if kind == "tagged":  # the meta field is part of the tree structure
+            return Box(values, tag=("a", "b", 1, 1.0, True)[len(values)]), plain
+        return Unregistered(values), False
 
-    kinds = st.sampled_from(["list", "tuple", "dict", "rdict", "pair", "custom", "ordered", "box"])
+    kinds = st.sampled_from(
+        ["list", "tuple", "dict", "rdict", "pair", "custom", "ordered", "box", "tagged", "other"]
+    )
     return st.builds(build, kinds, st.lists(children, max_size=4))
 
 
@@ -128,7 +140,7 @@ _TREES = st.recursive(_leaf(), _node, max_leaves=10)
 
 
 def _full_key(tree: Any) -> Any:
-    return Jitted._key((tree,), {}, (), ())
+    return Jitted._key((tree,), {}, (), ())[0]
 
 
 def _is_plain(tree: Any) -> bool:
@@ -138,6 +150,8 @@ def _is_plain(tree: Any) -> bool:
         return all(map(_is_plain, tree))
     if t is dict:
         return all(map(_is_plain, tree.values()))
+    if t is Box:
+        return _is_plain(tree.x)
     if t is torch.Tensor:
         return not tree.requires_grad
     return tree is None or t in (int, bool, float, str)
@@ -154,7 +168,7 @@ def test_equal_fast_signatures_mean_equal_full_keys(a: tuple[Any, bool], data: A
     leaves, treedef = optree.tree_flatten(x, namespace=fg.tree.NAMESPACE, none_is_leaf=True)
     swapped = [data.draw(st.sampled_from([v, *_neighbours(v)])) for v in leaves]
     y = optree.tree_unflatten(treedef, swapped)
-    sx, sy = fast_signature(((x,), {})), fast_signature(((y,), {}))
+    sx, sy = fast_signature(((x,), {}))[0], fast_signature(((y,), {}))[0]
     assert (sx is not None) == x_plain == _is_plain(x)
     assert (sy is not None) == _is_plain(y)
     if sx is not None and sx == sy:
@@ -175,8 +189,8 @@ def test_a_tree_and_its_copy_have_one_fast_signature(a: tuple[Any, bool]) -> Non
         namespace=fg.tree.NAMESPACE,
         none_is_leaf=True,
     )
-    sx = fast_signature(((x,), {}))
-    assert sx == fast_signature(((copy,), {}))
+    sx = fast_signature(((x,), {}))[0]
+    assert sx == fast_signature(((copy,), {}))[0]
     assert (sx is not None) == plain
 
 
@@ -193,6 +207,8 @@ _NEAR_MISSES = {
     "int or float": (1, 1.0),
     "zeros": (0.0, -0.0),
     "nested": ([[_T], _T], [_T, [_T]]),
+    "dataclass meta fields": (Box(_T, tag="a"), Box(_T, tag="b")),
+    "dataclass or its fields": (Box(_T), (_T,)),
 }
 
 
@@ -200,7 +216,7 @@ _NEAR_MISSES = {
 def test_different_full_keys_never_share_a_fast_signature(pair: tuple[Any, Any]) -> None:
     x, y = pair
     assert _full_key(x) != _full_key(y)
-    sx, sy = fast_signature(((x,), {})), fast_signature(((y,), {}))
+    sx, sy = fast_signature(((x,), {}))[0], fast_signature(((y,), {}))[0]
     assert sx is None or sx != sy
 
 
@@ -208,21 +224,29 @@ def test_requires_grad_anywhere_takes_the_full_key() -> None:
     for position in range(4):
         leaves = [torch.zeros(2) for _ in range(4)]
         leaves[position] = _T_RG
-        assert fast_signature((leaves,)) is None
-        assert fast_signature((tuple(leaves),)) is None
-        assert fast_signature(({"a": leaves[:2], "b": leaves[2:]},)) is None
-    assert fast_signature(([torch.zeros(2)] * 4,)) is not None
+        assert fast_signature((leaves,))[0] is None
+        assert fast_signature((tuple(leaves),))[0] is None
+        assert fast_signature(({"a": leaves[:2], "b": leaves[2:]},))[0] is None
+    assert fast_signature(([torch.zeros(2)] * 4,))[0] is not None
+
+
+def _scale(p: dict[str, list[torch.Tensor]], s: torch.Tensor, c: float) -> Any:
+    return {k: [x * c for x in v] for k, v in p.items()}, s + 1
+
+
+def _params(n: int = 8) -> dict[str, list[torch.Tensor]]:
+    w = [torch.ones(2, dtype=torch.float64) for _ in range(n)]
+    return {"w": w, "b": [torch.zeros(1, dtype=torch.float64) for _ in range(n)]}
 
 
 def test_a_jitted_step_finds_its_entry_through_the_fast_signature() -> None:
-    """Repeated all-tensor calls hit the fast dict, with the right values; a changed float, a
-    tensor requiring grad and grad mode still make their own signatures, as before."""
-    f = fg.jit(lambda p, s, c: ({k: v * c for k, v in p.items()}, s + 1), backend="aot_eager")
-    p = {"w": torch.ones(2, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
-    s = torch.zeros((), dtype=torch.float64)
+    """Repeated calls with lists of tensors hit the fast dict, with the right values; a changed
+    float, grad mode and a tensor requiring grad still make their own signatures, as before."""
+    f = fg.jit(_scale, backend="aot_eager")
+    p, s = _params(), torch.zeros((), dtype=torch.float64)
     for i in range(3):
         p, s = f(p, s, 2.0)
-        assert_trees_allclose(p["w"], torch.full((2,), 2.0 ** (i + 1), dtype=torch.float64))
+        assert_trees_allclose(p["w"][3], torch.full((2,), 2.0 ** (i + 1), dtype=torch.float64))
     assert (f.cache_size, len(f._fast), f.compile_count) == (1, 1, 1)
     # The same dict built in another order: another fast signature, the same entry (where
     # dynamo, which guards on the order of the keys itself, compiles again).
@@ -233,11 +257,31 @@ def test_a_jitted_step_finds_its_entry_through_the_fast_signature() -> None:
     with torch.no_grad():  # grad mode is part of both keys
         f(p, s, 3.0)
     assert (f.cache_size, len(f._fast)) == (3, 4)
-    with torch.no_grad():
-        f(p, s.clone().requires_grad_(), 3.0)  # requires_grad: the full key only
-    assert (f.cache_size, len(f._fast)) == (4, 4)
+    assert f._fast_pays
     f.clear_cache()
     assert (f.cache_size, len(f._fast)) == (0, 0)
+
+
+def test_the_fast_signature_is_left_off_where_it_does_not_pay() -> None:
+    """A tree the walk cannot take (a tensor requiring grad), or one it would walk node by node
+    (few tensors per container), turns the fast signature off for that function: the full key
+    alone, as before, with the same results."""
+    needs_grad = fg.jit(_scale, backend="aot_eager")
+    p, s = _params(), torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        needs_grad(p, s.clone().requires_grad_(), 2.0)
+    assert not needs_grad._fast_pays
+    out, _ = needs_grad(p, s, 2.0)
+    assert_trees_allclose(out["w"][0], torch.full((2,), 2.0, dtype=torch.float64))
+    assert (needs_grad.cache_size, len(needs_grad._fast)) == (2, 0)
+
+    scattered = fg.jit(_scale, backend="aot_eager")
+    p = {f"k{i}": [torch.ones(2, dtype=torch.float64)] for i in range(8)}  # one tensor a list
+    out, _ = scattered(p, s, 2.0)
+    assert_trees_allclose(out["k5"][0], torch.full((2,), 2.0, dtype=torch.float64))
+    assert not scattered._fast_pays
+    scattered.clear_cache()
+    assert scattered._fast_pays
 
 
 def test_unhashable_static_arguments_still_get_the_full_message() -> None:
