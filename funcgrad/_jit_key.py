@@ -103,11 +103,8 @@ def _walk(x: Any, tensors: list[Any], singles: list[Any], visited: list[int]) ->
         return _TENSOR
     if t is list:
         return (list, _children(x, tensors, singles, visited))
-    if t is tuple:
-        return (
-            tuple,
-            _children(list(x), tensors, singles, visited),
-        )  # (the C call reads lists only)
+    if t is tuple:  # (as a list: torch._C._any_requires_grad reads lists, not tuples)
+        return (tuple, _children(list(x), tensors, singles, visited))
     if t is dict:
         keys = tuple(x)
         return (
