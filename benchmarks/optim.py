@@ -243,6 +243,15 @@ class MemoryFloor:
         self.fn(self.params, self.mu, self.nu, self.grads)
 
 
+def first_call(step: Callable[[], Any]) -> float:
+    """Seconds the first call of ``step`` takes (a compiled one compiles)."""
+    _sync()
+    t0 = time.perf_counter()
+    step()
+    _sync()
+    return time.perf_counter() - t0
+
+
 def check_one_step(
     steps: dict[str, Any], start: list[torch.Tensor], grads: list[torch.Tensor]
 ) -> dict[str, float]:
@@ -253,11 +262,7 @@ def check_one_step(
     expected = [p.float() for p in ref.current()]
     first = {}
     for name, step in steps.items():
-        _sync()
-        t0 = time.perf_counter()
-        step()
-        _sync()
-        first[name] = time.perf_counter() - t0
+        first[name] = first_call(step)
         got = step.params if isinstance(step, FuncgradStep) else step.current()
         fg.testing.assert_trees_allclose(list(got), expected, rtol=1e-5, atol=1e-6)
     return first
@@ -361,11 +366,7 @@ def run(opts: argparse.Namespace) -> None:
         floor = {_FLOOR: MemoryFloor(start, grads)}
     first = check_one_step({**eager, **compiled}, start, grads)
     for name, step in floor.items():  # compiled, timed, not an Adam step: not checked
-        _sync()
-        t0 = time.perf_counter()
-        step()
-        _sync()
-        first[name] = time.perf_counter() - t0
+        first[name] = first_call(step)
     timings = compare({**eager, **compiled, **floor}, rounds)
     med = {name: t for name, (t, _) in timings.items()}
 

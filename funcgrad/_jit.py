@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import operator
 import types
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -51,13 +50,10 @@ import torch
 from . import _api_util
 from ._jit_donate import _donate
 from ._jit_errors import _compile_error, _dynamo_error, _name, _under_transform_error
-from ._jit_key import fast_signature
+from ._jit_key import fast_signature, leaves_key
 from .tree import NAMESPACE
 
 __all__ = ["Jitted", "Lowered", "jit"]
-
-_TENSOR = object()  # stands for a tensor leaf in a cache key
-_TENSOR_RG = object()  # a tensor leaf that requires grad
 
 
 class Lowered:
@@ -214,28 +210,6 @@ def _as_str_tuple(value: Any, what: str) -> tuple[str, ...]:
     return tuple(items)
 
 
-_TENSOR_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
-_requires_grad = operator.attrgetter("requires_grad")
-
-
-def _leaves_key(leaves: list[Any]) -> Any:
-    """The cache key's part for the leaves: their types and requires_grad when all are plain
-    tensors (C-level maps, no Python call per leaf: a step can have ~800 tensor leaves), each
-    leaf's :func:`_leaf_key` otherwise."""
-    types = tuple(map(type, leaves))
-    if _TENSOR_TYPES.issuperset(types):
-        return (_TENSOR, types, tuple(map(_requires_grad, leaves)))
-    return tuple(map(_leaf_key, leaves))
-
-
-def _leaf_key(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return _TENSOR_RG if x.requires_grad else _TENSOR
-    if type(x) is float:  # nan != nan, and -0.0 == 0.0: compare the bits
-        return (float, x.hex())
-    return (type(x), x)
-
-
 class Jitted:
     """A function compiled by :func:`funcgrad.jit`; call it like the original function.
 
@@ -355,7 +329,7 @@ class Jitted:
         leaves: list[Any]
         leaves, treedef = optree.tree_flatten((args, kwargs), namespace=NAMESPACE)  # type: ignore[arg-type]
         # requires_grad and grad mode are in the key so that donation is checked once per entry.
-        key = (treedef, _leaves_key(leaves), static_pos, static_kw, _grad_enabled())
+        key = (treedef, leaves_key(leaves), static_pos, static_kw, _grad_enabled())
         return key, len(leaves)
 
     def _unhashable(

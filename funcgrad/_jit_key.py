@@ -1,4 +1,5 @@
-"""The fast signature of :func:`funcgrad.jit`'s cache (NOTE [jit's fast key]).
+"""The keys of :func:`funcgrad.jit`'s cache: the full key's leaf part (NOTE [jit's cache],
+in _jit.py) and the fast signature (NOTE [jit's fast key]).
 
 Private, used by ``_jit.py`` only.
 """
@@ -52,11 +53,33 @@ __all__: list[str] = []
 # Adam step over 4-float leaves 417 -> 271 us a call, and on the 24.8M-parameter model 1.006x
 # -> 0.980x torch's fused step (benchmarks/RESULTS.md, seventh session).
 
+_TENSOR = object()  # stands for a tensor leaf in a cache key
+_TENSOR_RG = object()  # a tensor leaf that requires grad
+_TENSOR_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
+_requires_grad = operator.attrgetter("requires_grad")
+
+
+def leaves_key(leaves: list[Any]) -> Any:
+    """The full cache key's part for the leaves: their types and requires_grad when all are
+    tensors (C-level maps, no Python call per leaf: a step can have ~800 tensor leaves), each
+    leaf's :func:`_leaf_key` otherwise."""
+    types = tuple(map(type, leaves))
+    if _TENSOR_TYPES.issuperset(types):
+        return (_TENSOR, types, tuple(map(_requires_grad, leaves)))
+    return tuple(map(_leaf_key, leaves))
+
+
+def _leaf_key(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return _TENSOR_RG if x.requires_grad else _TENSOR
+    if type(x) is float:  # nan != nan, and -0.0 == 0.0: compare the bits
+        return (float, x.hex())
+    return (type(x), x)
+
+
 _Tensor = torch.Tensor
 _PLAIN = {torch.Tensor}
 _NONE = object()  # None's part of a signature
-_TENSOR = object()  # a plain tensor's
-_requires_grad = operator.attrgetter("requires_grad")
 _any_requires_grad: Callable[[list[Any]], bool] = getattr(
     torch._C, "_any_requires_grad", lambda xs: any(map(_requires_grad, xs))
 )
@@ -115,10 +138,8 @@ def _walk(x: Any, tensors: list[Any], singles: list[Any], visited: list[int]) ->
         )
     if x is None:
         return _NONE
-    if t is int or t is bool or t is str:
-        return (t, x)
-    if t is float:  # nan != nan, and -0.0 == 0.0: compare the bits
-        return (t, x.hex())
+    if t is int or t is bool or t is str or t is float:
+        return _leaf_key(x)  # as in the full key
     entry = _registered(t, namespace=NAMESPACE)
     if entry is not None:
         if entry.kind == _NAMEDTUPLE and issubclass(t, tuple):
